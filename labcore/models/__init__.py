@@ -1,0 +1,1 @@
+"""Models with named hook points shared by the research lines."""

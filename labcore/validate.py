@@ -1,0 +1,57 @@
+"""Config validation that names the offending key, before any heavy compute."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """Bad input: the message starts with the dotted config key (or file) at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def get(cfg: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as e:  # missing mandatory value, bad interpolation
+        raise ConfigError(key, str(e).splitlines()[0]) from None
+    return value
+
+
+def require(cfg: DictConfig, key: str, check: Callable[[Any], bool], message: str) -> Any:
+    value = get(cfg, key)
+    try:
+        ok = check(value)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(key, f"{message} (got {value!r})")
+    return value
+
+
+def positive_int(cfg: DictConfig, key: str) -> int:
+    return require(cfg, key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                   "must be a positive integer")
+
+
+def positive_number(cfg: DictConfig, key: str) -> float:
+    return require(cfg, key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                   "must be a positive number")
+
+
+def fraction(cfg: DictConfig, key: str, closed_low: bool = False) -> float:
+    return require(cfg, key, lambda v: isinstance(v, (int, float)) and (0 <= v if closed_low else 0 < v) and v < 1,
+                   "must be a fraction in " + ("[0, 1)" if closed_low else "(0, 1)"))
+
+
+def existing_path(cfg: DictConfig, key: str) -> str | None:
+    value = get(cfg, key)
+    if value is not None and not os.path.exists(str(value)):
+        raise ConfigError(key, f"path does not exist: {value}")
+    return value

@@ -1,0 +1,176 @@
+"""The SAE training job: base model (cached) -> activations (cached) -> SAE fit -> evaluation.
+
+`python -m sae_lab.train` runs this task through `labcore.run`. The base model and the activation
+store are content-addressed under `paths.cache_dir`, so a sweep over SAE settings and seeds trains
+the base model once and extracts activations once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from labcore.task import Task
+from labcore.validate import ConfigError, existing_path, fraction, get, positive_int, positive_number, require
+from sae_lab.sae import ARCHITECTURES
+
+
+class SAETrainTask(Task):
+    # ---- validation: cheap, before any compute ------------------------------------------------
+    def validate(self) -> None:
+        cfg = self.cfg
+        arch = require(cfg, "sae.architecture", lambda v: v in ARCHITECTURES, f"must be one of {ARCHITECTURES}")
+        d_sae = positive_int(cfg, "sae.d_sae")
+        if arch != "relu":
+            k = positive_int(cfg, "sae.k")
+            if k > d_sae:
+                raise ConfigError("sae.k", f"must not exceed sae.d_sae={d_sae} (got {k})")
+        else:
+            require(cfg, "sae.l1_coeff", lambda v: v >= 0, "must be >= 0")
+        positive_number(cfg, "train.lr")
+        positive_int(cfg, "train.batch_size")
+        positive_int(cfg, "train.eval_batch_size")
+        positive_int(cfg, "trainer.max_epochs")
+        positive_int(cfg, "dataset.p")
+        fraction(cfg, "dataset.train_frac")
+        positive_number(cfg, "base.lr")
+        require(cfg, "base.target_val_acc", lambda v: 0 < v <= 1, "must be in (0, 1]")
+        for key in ("model.n_layer", "model.n_head", "model.d_model", "model.d_mlp"):
+            positive_int(cfg, key)
+        existing_path(cfg, "ckpt_path")
+        existing_path(cfg, "base.checkpoint")
+        self.data = self._dataset()
+        self.model_cfg = self._model_config()
+        self.position = self._position()
+        self._check_hook_name(get(cfg, "activations.hook_name"))
+
+    def _dataset(self):
+        from sae_lab.modular import ModularAddition
+        d = self.cfg.dataset
+        return ModularAddition(p=d.p, train_frac=d.train_frac, split_seed=d.split_seed)
+
+    def _model_config(self):
+        from labcore.models.gpt import GPTConfig
+        params = {k: v for k, v in OmegaConf.to_container(self.cfg.model, resolve=True).items() if k != "name"}
+        try:
+            return GPTConfig(vocab_size=self.data.vocab_size, block_size=self.data.seq_len, **params)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("model", str(e)) from None
+
+    def _position(self) -> int:
+        pos = get(self.cfg, "activations.position")
+        if pos == "answer":
+            return self.data.answer_pos
+        if not isinstance(pos, int) or not -self.data.seq_len <= pos < self.data.seq_len:
+            raise ConfigError("activations.position",
+                              f"must be 'answer' or an int in [-{self.data.seq_len}, {self.data.seq_len}) (got {pos!r})")
+        return pos
+
+    def _check_hook_name(self, name: str) -> None:
+        import torch
+
+        from labcore.hooks import UnknownHookError
+        from labcore.models.gpt import GPT
+        with torch.device("meta"):  # no memory, no init cost: only the hook names matter
+            names = GPT(self.model_cfg).hook_names()
+        if name not in names:
+            raise ConfigError("activations.hook_name", str(UnknownHookError(name, names)))
+
+    # ---- cached inputs ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from labcore.activations import check_finite, extract
+        from labcore.artifacts import sha256_file
+        from labcore.store import cached, load_array, save_array
+        from sae_lab.base_model import load_base_model, train_base_model
+
+        cfg = self.cfg
+        cache_dir = Path(get(cfg, "paths.cache_dir"))
+        if cfg.base.checkpoint:
+            base_dir = Path(cfg.base.checkpoint)
+        else:
+            base_key = {"model": self.model_cfg.to_dict(), "dataset": OmegaConf.to_container(cfg.dataset),
+                        "train": {k: v for k, v in OmegaConf.to_container(cfg.base).items() if k != "checkpoint"}}
+            base_dir = cached(cache_dir, "base_models", base_key,
+                              lambda tmp: train_base_model(self.model_cfg, self.data, cfg.base, tmp))
+        self.base_model, self.base_info = load_base_model(base_dir)
+        base_sha = sha256_file(base_dir / "model.safetensors")
+        self.manifest.add_input("base_model", base_sha)
+        self.model_name = f"gpt_modular_p{self.data.p}-{base_sha[:10]}"
+
+        hook = cfg.activations.hook_name
+        tokens, labels = self.data.examples()
+        acts_key = {"base_model": base_sha, "dataset": OmegaConf.to_container(cfg.dataset),
+                    "hook_name": hook, "position": self.position}
+
+        def build(tmp: Path) -> None:
+            save_array(tmp / "acts.npy", extract(self.base_model, tokens, hook, self.position,
+                                                 batch_size=cfg.activations.batch_size))
+
+        acts_dir = cached(cache_dir, "activations", acts_key, build)
+        self.manifest.add_input("activations", sha256_file(acts_dir / "acts.npy"))
+        acts = load_array(acts_dir / "acts.npy")
+        check_finite(acts, f"activations at {hook} (position {self.position}) in {acts_dir}")
+        self.train_idx, self.val_idx = (i.numpy() for i in self.data.split())
+        # SAE trained on the base model's training examples, evaluated on its held-out ones
+        self.train_acts, self.val_acts = acts[self.train_idx], acts[self.val_idx]
+        self.tokens, self.labels = tokens, labels
+
+    # ---- the fit ------------------------------------------------------------------------------
+    def build(self):
+        import torch
+        from hydra.utils import instantiate
+
+        from labcore.data import ArrayDataModule
+        from sae_lab.lit import SAETraining
+
+        cfg = self.cfg
+        sae = instantiate(cfg.sae)
+        sae.init_b_dec(torch.as_tensor(self.train_acts[: cfg.train.batch_size]))
+        module = SAETraining(sae, lr=cfg.train.lr, betas=cfg.train.betas, warmup_steps=cfg.train.warmup_steps,
+                             dense_threshold=cfg.eval.dense_threshold)
+        datamodule = ArrayDataModule(self.train_acts, self.val_acts, cfg.train.batch_size,
+                                     cfg.train.eval_batch_size, seed=cfg.seed)
+        return module, datamodule
+
+    # ---- evaluation and artifacts -------------------------------------------------------------
+    def analyse(self, trainer, module, datamodule) -> dict[str, float]:
+        import torch
+
+        from sae_lab import figures
+        from sae_lab.base_model import answer_logits
+        from sae_lab.evaluate import reconstruction_metrics, spliced_metrics
+        from sae_lab.saelens_io import save_sae
+
+        cfg = self.cfg
+        sae = module.sae.eval()
+        device = sae.W_enc.device
+        model = self.base_model.to(device)
+        val = torch.as_tensor(self.val_acts)
+        batches = val.split(cfg.train.eval_batch_size)
+        recon, freq = reconstruction_metrics(sae, batches, cfg.eval.dense_threshold)
+        val_idx = torch.as_tensor(self.val_idx)
+        spliced = spliced_metrics(model, sae, self.tokens[val_idx].to(device), self.labels[val_idx].to(device),
+                                  hook_name=cfg.activations.hook_name, position=self.position,
+                                  logits_fn=lambda out: out[:, self.data.answer_pos, : self.data.p],
+                                  batch_size=cfg.train.eval_batch_size)
+        sae_dir = save_sae(sae, self.output_dir / "sae", hook_name=cfg.activations.hook_name,
+                           model_name=self.model_name, extra_metadata={"seed": cfg.seed})
+        self.manifest.add_output("sae", sae_dir)
+        title = f"{sae.architecture} d_sae={sae.d_sae}" + (f" k={sae.k}" if sae.k else "") + f" seed={cfg.seed}"
+        figures.training_curves(module.history, module.val_history, self.figures_dir / "training_curves.png", title)
+        figures.latent_density(freq.numpy(), self.figures_dir / "latent_density.png", title)
+        torch.save(freq, self.output_dir / "latent_frequency.pt")
+        return {**recon, **spliced,
+                "base_val_acc": float(self.base_info.get("val_acc", float("nan"))),
+                "train_steps": float(trainer.global_step),
+                "n_train": float(len(self.train_acts)), "n_eval": float(len(self.val_acts))}
+
+    def summary(self, metrics):
+        cfg = self.cfg
+        rows = [("sae", f"{cfg.sae.architecture} d_in={cfg.sae.d_in} d_sae={cfg.sae.d_sae} k={cfg.sae.get('k')}"),
+                ("seed", cfg.seed)]
+        keys = ["explained_variance", "fvu", "mse", "l0", "dead_fraction", "dense_fraction", "acc_clean",
+                "acc_with_sae", "acc_zero_ablation", "ce_clean", "ce_with_sae", "loss_recovered", "delta_loss",
+                "base_val_acc", "train_steps", "wall_time_s"]
+        return rows + [(k, metrics[k]) for k in keys if k in metrics]
