@@ -98,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         status = "completed"
         print(table(task.summary(metrics), title=f"\n{cfg.get('name', 'job')} -> {out}"), flush=True)
         return metrics
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into sys.exit(1)
         status, error = "interrupted", repr(e)
         raise
     except BaseException as e:

@@ -1,0 +1,1 @@
+"""Sparse autoencoders on transformer activations: training, evaluation, seed consistency."""

@@ -28,7 +28,7 @@ class SAETraining(L.LightningModule):
                 "train/l0": out.l0, "train/dead_fraction": dead}
         self.log_dict(logs, prog_bar=False)
         self.log("fvu", out.recon_loss, prog_bar=True, logger=False)
-        self.history.append({"step": self.global_step, **{k: float(v) for k, v in logs.items()}})
+        self.history.append({"step": self.global_step, **{k: float(v.detach()) if torch.is_tensor(v) else v for k, v in logs.items()}})
         return out.loss
 
     def on_before_optimizer_step(self, optimizer):
@@ -36,6 +36,12 @@ class SAETraining(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.sae.normalize_decoder()
+
+    def on_train_end(self):
+        calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK: per-example inference
+        if calibrate is not None and self.trainer.datamodule is not None:
+            batches = [b for _, b in zip(range(8), self.trainer.datamodule.train_dataloader())]
+            calibrate(torch.cat(batches).to(self.device))
 
     def on_validation_epoch_start(self):
         self._val_stats = ReconstructionStats(self.sae.d_sae)

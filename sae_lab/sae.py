@@ -117,12 +117,19 @@ class SparseAutoencoder(nn.Module):
         k_aux = min(self.aux_k, n_dead)
         if pre is None:
             # fast path: only the dead latents' pre-activations matter, so encode with just their
-            # columns of W_enc (a GEMM n_dead wide instead of d_sae wide) and decode sparsely.
-            from sae_lab.sparse import sparse_decode, topk_encode
+            # columns of W_enc (a GEMM n_dead wide instead of d_sae wide).
+            from sae_lab.sparse import AUXK_SPARSE_MAX_FILL, sparse_decode, topk_encode
             dead_idx = dead.nonzero().squeeze(1)
-            vals, j = topk_encode(x, self.W_enc[:, dead_idx], self.b_enc[dead_idx], k_aux, b_dec=self.b_dec)
-            e_hat = sparse_decode(vals, dead_idx[j], self.W_dec)
-            return fvu((x - x_hat).detach(), e_hat).nan_to_num(0.0)
+            W_enc, b_enc = self.W_enc[:, dead_idx], self.b_enc[dead_idx]
+            e = (x - x_hat).detach()
+            if k_aux <= AUXK_SPARSE_MAX_FILL * n_dead:  # few of the dead kept: sparse products
+                vals, j = topk_encode(x, W_enc, b_enc, k_aux, b_dec=self.b_dec)
+                return fvu(e, sparse_decode(vals, dead_idx[j], self.W_dec)).nan_to_num(0.0)
+            # most of the dead kept (aux_k ~ n_dead): GEMMs over the dead columns beat gathers
+            pre_dead = (x - self.b_dec) @ W_enc + b_enc
+            vals, j = pre_dead.topk(k_aux, dim=1, sorted=False)
+            z_aux = torch.zeros_like(pre_dead).scatter(1, j, F.relu(vals))
+            return fvu(e, z_aux @ self.W_dec[dead_idx]).nan_to_num(0.0)
         masked = pre.masked_fill(~dead, float("-inf"))
         vals, idx = masked.topk(k_aux, dim=1, sorted=False)
         e = (x - x_hat).detach()
@@ -175,6 +182,21 @@ class BatchTopKSAE(SparseAutoencoder):
             vals, idx = pre.topk(self.k, dim=1, sorted=False)
             return torch.zeros_like(pre).scatter(1, idx, vals)
         return pre * (pre > self.threshold)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: torch.Tensor) -> float:
+        """Set the inference threshold so the mean L0 on `x` is k: the (k*n)-th largest activation.
+
+        The running estimate lags a pre-activation distribution that moves during training (it
+        gave L0 17 for k 32 at the default settings), so it is replaced by this once training ends.
+        """
+        pre = F.relu(self.pre_acts(x)).flatten()
+        kept = pre.topk(min(self.k * x.shape[0], pre.numel()), sorted=False).values
+        positive = kept[kept > 0]
+        if positive.numel():
+            # the boundary value itself must pass `pre > threshold`
+            self.threshold.copy_(torch.nextafter(positive.min(), positive.new_tensor(-1.0)).clamp_min(0))
+        return float(self.threshold)
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         if not self.training:

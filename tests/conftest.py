@@ -1,0 +1,47 @@
+"""Shared fixtures: offline environment, composed and shrunken configs, one shared cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+# A CPU-second version of the default study: small p and model, few epochs.
+TINY = [
+    "dataset.p=23", "model.d_model=32", "model.d_mlp=64", "base.max_epochs=150", "base.batch_size=476",
+    "sae.d_sae=64", "sae.k=4", "train.batch_size=128", "trainer.max_epochs=4",
+    "trainer.check_val_every_n_epoch=2", "trainer.enable_progress_bar=false", "activations.batch_size=256",
+]
+
+
+def compose(overrides: list[str] = (), config_name: str = "sae_lab"):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the whole session: the tiny base model is trained once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, cache_dir):
+    def make(*overrides: str):
+        base = [o for o in TINY if not (o.startswith("sae.k=") and "sae=relu" in overrides)]
+        return compose(base + [f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={cache_dir}", *overrides])
+    return make
+
+
+def tiny_cli_args(cache_dir: Path) -> list[str]:
+    return TINY + [f"paths.cache_dir={cache_dir}"]

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+
+from sae_lab.sae import build_sae
+from sae_lab.saelens_io import load_sae, save_sae
+
+
+def trained_like(arch):
+    torch.manual_seed(0)
+    sae = build_sae(arch, 12, 48, k=6)
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    if arch == "batchtopk":
+        for s in range(3):
+            sae(torch.randn(32, 12))
+    return sae.eval()
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+def test_round_trip(tmp_path, arch):
+    sae = trained_like(arch)
+    save_sae(sae, tmp_path / "sae", hook_name="blocks.0.hook_resid_post", model_name="m")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["d_in"] == 12 and cfg["d_sae"] == 48 and cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    assert int(cfg["metadata"]["sae_lens_version"].split(".")[0]) >= 6
+    loaded, _ = load_sae(tmp_path / "sae")
+    x = torch.randn(20, 12)
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    from safetensors.torch import load_file
+    w = load_file(tmp_path / "sae" / "sae_weights.safetensors")
+    assert w["W_enc"].shape == (12, 48) and w["W_dec"].shape == (48, 12)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+def test_sae_lens_loads_our_files(tmp_path, arch):
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = trained_like(arch)
+    save_sae(sae, tmp_path / "sae", hook_name="blocks.0.hook_resid_post", model_name="m")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    x = torch.randn(20, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)
