@@ -1,0 +1,230 @@
+"""End-to-end: Hydra's submitit SLURM launcher on a real single-node SLURM cluster.
+
+The session fixture starts the cluster with scripts/slurm/start.sh and stops it with stop.sh at the
+end of the session (also when the test fails). The packages come from scripts/slurm/install.sh; the
+test is skipped when `sbatch` is not installed, unless REQUIRE_SLURM=1 (then it fails).
+
+One sweep `x=1,2,3 crash=3` runs as a SLURM job array; the x=3 job dies with os._exit(3). Checked:
+the launcher returns (no hang) and exits non-zero with submitit's UncompletedJobError naming the
+FAILED job, and the other jobs wrote their results. A second job runs through the framework's
+conf/hydra/launcher/slurm_gpu.yaml (the cluster has a fake gres/gpu and a "gpu" partition).
+The compose checks of conf/hydra/launcher/{slurm_gpu,local}.yaml need no cluster.
+See scripts/slurm/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_SCRIPTS = REPO / "scripts" / "slurm"
+APP = REPO / "tests" / "slurm_app" / "app.py"
+CONF = REPO / "conf"
+REQUIRE_SLURM = os.environ.get("REQUIRE_SLURM") == "1"
+LAUNCH_TIMEOUT_S = 180
+
+def _unavailable(reason: str):
+    if REQUIRE_SLURM:
+        pytest.fail(f"REQUIRE_SLURM=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _slurm_env() -> dict[str, str]:
+    env = dict(os.environ)
+    state = env.setdefault("LAB_SLURM_DIR", "/tmp/lab-slurm")
+    env["SLURM_CONF"] = f"{state}/etc/slurm.conf"
+    # the sacct stand-in first on PATH (the cluster runs without slurmdbd); daemons live in sbin
+    env["PATH"] = os.pathsep.join([str(SLURM_SCRIPTS / "bin"), env.get("PATH", ""), "/usr/sbin", "/sbin"])
+    env["HYDRA_FULL_ERROR"] = "1"
+    env.setdefault("WANDB_MODE", "disabled")
+    return env
+
+
+def _script(name: str, env: dict[str, str], sudo: list[str], timeout: float) -> subprocess.CompletedProcess:
+    cmd = [*sudo, str(SLURM_SCRIPTS / name)]
+    if sudo:  # sudo drops the environment: pass the knobs along explicitly
+        knobs = [f"{k}={v}" for k, v in env.items() if k.startswith("LAB_SLURM_")]
+        cmd = [*sudo, "env", *knobs, str(SLURM_SCRIPTS / name)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    env = _slurm_env()
+    if shutil.which("sbatch", path=env["PATH"]) is None:
+        _unavailable("sbatch is not installed (run scripts/slurm/install.sh; REQUIRE_SLURM=1 makes this a failure)")
+    for daemon in ("slurmctld", "slurmd", "munged"):
+        if shutil.which(daemon, path=env["PATH"]) is None:
+            _unavailable(f"{daemon} is not installed (run scripts/slurm/install.sh)")
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        _unavailable("hydra-submitit-launcher is not installed in this Python")
+    sudo: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+            sudo = ["sudo", "-n"]
+        else:
+            _unavailable("starting the local SLURM cluster needs root or passwordless sudo")
+
+    was_up = _script("status.sh", env, sudo, timeout=30).returncode == 0
+    t0 = time.monotonic()
+    try:
+        started = _script("start.sh", env, sudo, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        _script("stop.sh", env, sudo, timeout=120)
+        pytest.fail(f"scripts/slurm/start.sh timed out; logs under {env['LAB_SLURM_DIR']}/log\n{e.stderr}", pytrace=False)
+    if started.returncode != 0:
+        _script("stop.sh", env, sudo, timeout=120)
+        pytest.fail(
+            f"scripts/slurm/start.sh failed (rc {started.returncode}); logs under {env['LAB_SLURM_DIR']}/log\n"
+            f"{started.stdout}{started.stderr}",
+            pytrace=False,
+        )
+    print(f"\nlocal SLURM cluster {'reused' if was_up else 'started'} in {time.monotonic() - t0:.1f} s")
+    try:
+        yield env
+    finally:
+        if was_up:
+            print("local SLURM cluster was running before the tests: left running")
+        else:
+            stopped = _script("stop.sh", env, sudo, timeout=120)
+            if stopped.returncode != 0:
+                print(f"scripts/slurm/stop.sh failed:\n{stopped.stdout}{stopped.stderr}")
+
+
+def _wait_gone(job_id: str, env: dict[str, str], timeout: float = 60) -> None:
+    """Wait until no task of the job (array) is pending or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", job_id], env=env, capture_output=True, text=True)
+        if q.returncode == 0 and not q.stdout.strip():
+            return
+        time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_submitit_slurm_sweep_reports_hard_crash(slurm_cluster, tmp_path):
+    env = slurm_cluster
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, str(APP), "-m",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=3",
+        "hydra.launcher.signal_delay_s=15",  # default 120 s would signal at once with a 3 min limit
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        'hydra.launcher.setup=["export LAB_SLURM_SETUP=ok"]',
+        f"hydra.sweep.dir={sweep}",
+        "x=1,2,3",
+        "crash=3",
+    ]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        queue = subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
+        pytest.fail(
+            f"the submitit launcher did not return within {LAUNCH_TIMEOUT_S} s (hang on a crashed job?)\n"
+            f"squeue:\n{queue}\noutput:\n{e.stdout}\n{e.stderr}",
+            pytrace=False,
+        )
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    print(f"\nhydra -m sweep on SLURM returned in {elapsed:.1f} s (rc {proc.returncode})")
+
+    # the crashed job is reported as failed, not waited on forever
+    assert proc.returncode != 0, out
+    assert "UncompletedJobError" in out, out
+    m = re.search(r"Job (\d+)_2 \(task: 0\) with path .*\n?has not produced any output \(state: FAILED\)", out)
+    assert m, out
+    array_id = m.group(1)
+    assert "exit code 3" in out, out  # srun's error stream names the os._exit(3)
+
+    # the sacct stand-in reports the per-task states submitit relies on
+    _wait_gone(array_id, env)
+    sacct = subprocess.run(
+        ["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", array_id],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert f"{array_id}_0|COMPLETED|localhost" in sacct, sacct
+    assert f"{array_id}_1|COMPLETED|localhost" in sacct, sacct
+    assert f"{array_id}_2|FAILED|localhost" in sacct, sacct
+
+    # the other jobs ran inside SLURM (same array, launcher `setup` lines applied) and wrote results
+    for num, x in ((0, 1), (1, 2)):
+        result_file = sweep / str(num) / "result.json"
+        assert result_file.is_file(), f"{result_file} missing\n{out}"
+        result = json.loads(result_file.read_text())
+        assert result["x"] == x and result["y"] == x * x
+        assert result["slurm_array_job_id"] == array_id
+        assert result["slurm_array_task_id"] == str(num)
+        assert result["lab_slurm_setup"] == "ok"
+    assert not (sweep / "2" / "result.json").exists()
+
+
+def _run_app(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([sys.executable, str(APP), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        queue = subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
+        pytest.fail(f"launcher did not return within {LAUNCH_TIMEOUT_S} s\nsqueue:\n{queue}\n{e.stdout}\n{e.stderr}",
+                    pytrace=False)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_gpu_launcher_config_submits(slurm_cluster, tmp_path):
+    """conf/hydra/launcher/slurm_gpu.yaml as shipped (partition gpu, gpus_per_node 1, setup lines),
+    with only the job size shrunk to this machine."""
+    env = slurm_cluster
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], env=env, capture_output=True, text=True).stdout
+    if "gpu" not in gres:
+        pytest.skip(f"the running cluster has no gres/gpu (LAB_SLURM_FAKE_GPUS=0?): sinfo %G = {gres.strip()!r}")
+    sweep = tmp_path / "sweep"
+    proc = _run_app(
+        ["-m", f"hydra.searchpath=[file://{CONF}]", "hydra/launcher=slurm_gpu",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=3",
+         f"hydra.sweep.dir={sweep}", "x=5"],
+        cwd=tmp_path, env=env,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    result = json.loads((sweep / "0" / "result.json").read_text())
+    assert result["y"] == 25 and result["slurm_job_id"]
+    script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --gpus-per-node=1" in script, script
+    assert "export PYTHONUNBUFFERED=1" in script, script
+
+
+@pytest.mark.parametrize("launcher", ["slurm_gpu", "local"])
+def test_launcher_configs_compose(launcher, tmp_path):
+    """The framework's launcher configs load with Hydra's compose API (no cluster needed)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    (tmp_path / "cfg.yaml").write_text(f"hydra:\n  searchpath:\n    - file://{CONF}\nx: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose(config_name="cfg", overrides=[f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}/sw"],
+                      return_hydra_config=True)
+    lc = cfg.hydra.launcher
+    assert lc.submitit_folder == f"{tmp_path}/sw/.submitit/%j"
+    assert isinstance(lc.tasks_per_node, int) and lc.nodes == 1
+    if launcher == "slurm_gpu":
+        assert lc._target_.endswith("SlurmLauncher")
+        assert lc.gpus_per_node == 1 and lc.partition and lc.timeout_min > 0
+        assert list(lc.setup) and "additional_parameters" in lc
+    else:
+        assert lc._target_.endswith("LocalLauncher")
