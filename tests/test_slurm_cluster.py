@@ -228,3 +228,34 @@ def test_launcher_configs_compose(launcher, tmp_path):
         assert list(lc.setup) and "additional_parameters" in lc
     else:
         assert lc._target_.endswith("LocalLauncher")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sae_sweep_on_slurm_with_a_crashing_job_is_aggregated(slurm_cluster, tmp_path):
+    """The real SAE job as a SLURM job array; seed 2's job dies hard. The launcher must return,
+    report it as failed, and the standalone aggregate must name it and aggregate the others."""
+    from tests.conftest import TINY
+    env = dict(slurm_cluster)
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sae_lab.train", "-m", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+           f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+           "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=15", "hydra.launcher.cpus_per_task=1",
+           "hydra.launcher.mem_gb=2", "seed=0,1,2",
+           "+callbacks.crash._target_=tests.crash.HardCrash", "+callbacks.crash.crash_seed=2",
+           "+callbacks.crash.job_seed=${seed}"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S + 120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the SLURM sweep did not return (hang on the crashed job?)\n{e.stdout}\n{e.stderr}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "UncompletedJobError" in log and "FAILED" in log, log[-3000:]
+    done = [d for d in sweep.iterdir() if d.name.isdigit() and (d / "metrics.json").exists()]
+    assert len(done) == 2, log[-3000:]
+    agg = subprocess.run([sys.executable, "-m", "sae_lab.aggregate", str(sweep), "--resamples", "200", "--no-matching"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert agg.returncode == 0, agg.stderr[-3000:]
+    md = (sweep / "aggregate" / "summary.md").read_text()
+    assert "3 jobs found, 2 aggregated, 1 with problems" in md
+    assert "seed 2): **missing**" in md and "status: running" in md  # killed mid-run: the manifest says so
