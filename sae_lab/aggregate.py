@@ -214,8 +214,7 @@ def _markdown(sweep_dir: Path, rows: list[dict], jobs: list[Job]) -> str:
 
 
 def _figures(rows: list[dict], jobs: list[Job], fig_dir: Path) -> list[Path]:
-    from labcore.plotting import pyplot, save_figure
-    plt = pyplot()
+    from labcore.plotting import save_figure, subplots
     written = []
     for param in ("k", "d_sae"):
         pts = [r for r in rows if r.get("pwmcc_trained_mean") is not None and r.get(param) is not None]
@@ -224,7 +223,7 @@ def _figures(rows: list[dict], jobs: list[Job], fig_dir: Path) -> list[Path]:
             continue  # only a clean one-parameter sweep makes this plot meaningful
         pts.sort(key=lambda r: r[param])
         x = [r[param] for r in pts]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         t = [r["pwmcc_trained_mean"] for r in pts]
         ax.errorbar(x, t, yerr=[[m - r["pwmcc_trained_ci_low"] for m, r in zip(t, pts)],
                                 [r["pwmcc_trained_ci_high"] - m for m, r in zip(t, pts)]],
@@ -240,7 +239,7 @@ def _figures(rows: list[dict], jobs: list[Job], fig_dir: Path) -> list[Path]:
         written.append(save_figure(fig, fig_dir / f"pwmcc_vs_{param}.png"))
     ok = [j for j in jobs if j.status == "ok"]
     if ok:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         groups = sorted({j.group for j in ok})
         for g in groups:
             js = [j for j in ok if j.group == g]

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from labcore.plotting import pyplot, save_figure
+from labcore.plotting import save_figure, subplots
 
 
 def training_curves(history: list[dict], val_history: list[dict], path: Path, title: str = "") -> Path:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = subplots(1, 3, figsize=(13, 3.6))
     steps = [h["step"] for h in history]
     axes[0].plot(steps, [h["train/fvu"] for h in history], label="train FVU", lw=1)
     if val_history:
@@ -34,10 +33,9 @@ def training_curves(history: list[dict], val_history: list[dict], path: Path, ti
 
 def latent_density(freq, path: Path, title: str = "") -> Path:
     """Histogram of log10 firing frequency on held-out data; dead latents counted separately."""
-    plt = pyplot()
     freq = np.asarray(freq, dtype=float)
     alive = freq[freq > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     if alive.size:
         ax.hist(np.log10(alive), bins=40, color="tab:blue")
     ax.set_xlabel("log10 firing frequency (held-out)")

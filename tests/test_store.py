@@ -57,3 +57,12 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write_json(path, {"a": Bad()})
     assert path.read_text().strip().startswith("{") and '"a": 1' in path.read_text()
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    import os
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
