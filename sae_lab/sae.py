@@ -127,8 +127,11 @@ class SparseAutoencoder(nn.Module):
                 return fvu(e, sparse_decode(vals, dead_idx[j], self.W_dec)).nan_to_num(0.0)
             # most of the dead kept (aux_k ~ n_dead): GEMMs over the dead columns beat gathers
             pre_dead = (x - self.b_dec) @ W_enc + b_enc
-            vals, j = pre_dead.topk(k_aux, dim=1, sorted=False)
-            z_aux = torch.zeros_like(pre_dead).scatter(1, j, F.relu(vals))
+            if k_aux == n_dead:  # aux_k >= n_dead: every dead latent is kept, no top-k needed
+                z_aux = F.relu(pre_dead)
+            else:
+                vals, j = pre_dead.topk(k_aux, dim=1, sorted=False)
+                z_aux = torch.zeros_like(pre_dead).scatter(1, j, F.relu(vals))
             return fvu(e, z_aux @ self.W_dec[dead_idx]).nan_to_num(0.0)
         masked = pre.masked_fill(~dead, float("-inf"))
         vals, idx = masked.topk(k_aux, dim=1, sorted=False)
