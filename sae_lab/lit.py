@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from sae_lab.metrics import ReconstructionStats
 from sae_lab.sae import SparseAutoencoder
 
 
+def reference_alignment(w_dec: torch.Tensor, reference: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """mean_i max_j |cos(d_i, r_j)| between this SAE's decoder rows d_i and reference rows r_j.
+
+    Differentiable in `w_dec` (`reference` is a frozen [d_ref, d_in] matrix of unit rows). The best
+    match j*(i) is searched without autograd in row chunks, then only the matched cosines are
+    recomputed with gradients: the gradient of a max is the gradient at its argmax, so this equals
+    differentiating the full [d_sae, d_ref] cosine matrix while keeping O(d_sae * d_in) memory.
+    """
+    d = F.normalize(w_dec, dim=1)
+    with torch.no_grad():
+        best = torch.cat([(d[s:s + chunk_size] @ reference.T).abs_().argmax(dim=1)
+                          for s in range(0, d.shape[0], chunk_size)])
+    return (d * reference[best]).sum(dim=1).abs().mean()
+
+
 class SAETraining(L.LightningModule):
+    """Trains `sae` on FVU (+ AuxK); with a `reference` decoder [d_ref, d_in] it also tracks the
+    alignment to it, and with `consistency_lambda` > 0 adds lambda * (1 - alignment) to the loss
+    (consistency regularisation: pull every latent towards some latent of a frozen reference SAE)."""
+
     def __init__(self, sae: SparseAutoencoder, lr: float, betas=(0.9, 0.999), warmup_steps: int = 0,
-                 dense_threshold: float = 0.1):
+                 dense_threshold: float = 0.1, consistency_lambda: float = 0.0,
+                 reference: torch.Tensor | None = None):
         super().__init__()
+        if consistency_lambda > 0 and reference is None:
+            raise ValueError("consistency_lambda > 0 needs a reference decoder")
         self.sae = sae
         self.lr, self.betas, self.warmup_steps = lr, tuple(betas), warmup_steps
         self.dense_threshold = dense_threshold
+        self.consistency_lambda = float(consistency_lambda)
+        # a buffer: it follows the module to the device and gets no gradient (frozen); not persistent,
+        # so checkpoints keep their old layout and a resumed job reloads it from its config
+        self.register_buffer("reference", None if reference is None else
+                             F.normalize(reference.detach().float(), dim=1), persistent=False)
         self.history: list[dict] = []       # per-step curves for the figures
         self.val_history: list[dict] = []
         self._val_stats: ReconstructionStats | None = None
@@ -24,12 +52,21 @@ class SAETraining(L.LightningModule):
         out = self.sae(x)
         self.sae.update_dead_tracking(out.fired, x.shape[0])
         dead = float(self.sae.dead_mask.float().mean())
-        logs = {"train/loss": out.loss, "train/fvu": out.recon_loss, "train/aux": out.aux_loss,
-                "train/l0": out.l0, "train/dead_fraction": dead}
+        loss, extra = out.loss, {}
+        if self.reference is not None:
+            # no graph at lambda 0: the alignment is only logged there
+            with torch.set_grad_enabled(self.consistency_lambda > 0 and torch.is_grad_enabled()):
+                alignment = reference_alignment(self.sae.W_dec, self.reference)
+            term = self.consistency_lambda * (1 - alignment)
+            if self.consistency_lambda > 0:
+                loss = loss + term
+            extra = {"train/consistency": term, "train/reference_alignment": alignment}
+        logs = {"train/loss": loss, "train/fvu": out.recon_loss, "train/aux": out.aux_loss,
+                "train/l0": out.l0, "train/dead_fraction": dead, **extra}
         self.log_dict(logs, prog_bar=False)
         self.log("fvu", out.recon_loss, prog_bar=True, logger=False)
         self.history.append({"step": self.global_step, **{k: float(v.detach()) if torch.is_tensor(v) else v for k, v in logs.items()}})
-        return out.loss
+        return loss
 
     def on_before_optimizer_step(self, optimizer):
         self.sae.remove_parallel_decoder_grad()

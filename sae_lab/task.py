@@ -7,6 +7,7 @@ the base model once and extracts activations once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -40,10 +41,31 @@ class SAETrainTask(Task):
             positive_int(cfg, key)
         existing_path(cfg, "ckpt_path")
         existing_path(cfg, "base.checkpoint")
+        self._check_consistency(cfg)
         self.data = self._dataset()
         self.model_cfg = self._model_config()
         self.position = self._position()
         self._check_hook_name(get(cfg, "activations.hook_name"))
+
+    @staticmethod
+    def _check_consistency(cfg) -> None:
+        """Consistency regularisation needs a saved reference SAE of the same d_in (cfg.json only)."""
+        lam = require(cfg, "train.consistency_lambda",
+                      lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "must be >= 0")
+        ref = existing_path(cfg, "train.consistency_reference")
+        if ref is None:
+            if lam > 0:
+                raise ConfigError("train.consistency_reference",
+                                  f"train.consistency_lambda={lam} needs a reference SAE directory (SAELens format), got null")
+            return
+        cfg_json = Path(ref) / "cfg.json"
+        if not cfg_json.exists() or not (Path(ref) / "sae_weights.safetensors").exists():
+            raise ConfigError("train.consistency_reference",
+                              f"not an SAE directory (needs cfg.json and sae_weights.safetensors): {ref}")
+        d_in = json.loads(cfg_json.read_text()).get("d_in")
+        if d_in != get(cfg, "sae.d_in"):
+            raise ConfigError("train.consistency_reference",
+                              f"reference d_in={d_in} does not match sae.d_in={get(cfg, 'sae.d_in')}: {ref}")
 
     def _dataset(self):
         from sae_lab.modular import ModularAddition
@@ -128,18 +150,29 @@ class SAETrainTask(Task):
         sae = instantiate(cfg.sae)
         sae.init_b_dec(torch.as_tensor(self.train_acts[: cfg.train.batch_size]))
         module = SAETraining(sae, lr=cfg.train.lr, betas=cfg.train.betas, warmup_steps=cfg.train.warmup_steps,
-                             dense_threshold=cfg.eval.dense_threshold)
+                             dense_threshold=cfg.eval.dense_threshold,
+                             consistency_lambda=cfg.train.consistency_lambda, reference=self._reference_decoder())
         datamodule = ArrayDataModule(self.train_acts, self.val_acts, cfg.train.batch_size,
                                      cfg.train.eval_batch_size, seed=cfg.seed)
         return module, datamodule
+
+    def _reference_decoder(self):
+        """The frozen reference decoder W_dec [d_ref, d_in] of consistency regularisation, or None."""
+        path = self.cfg.train.consistency_reference
+        if path is None:
+            return None
+        from labcore.artifacts import sha256_file
+        from sae_lab.saelens_io import load_sae
+        self.manifest.add_input("consistency_reference", sha256_file(Path(path) / "sae_weights.safetensors"))
+        return load_sae(path)[0].W_dec.detach()
 
     # ---- evaluation and artifacts -------------------------------------------------------------
     def analyse(self, trainer, module, datamodule) -> dict[str, float]:
         import torch
 
         from sae_lab import figures
-        from sae_lab.base_model import answer_logits
         from sae_lab.evaluate import reconstruction_metrics, spliced_metrics
+        from sae_lab.lit import reference_alignment
         from sae_lab.saelens_io import save_sae
 
         cfg = self.cfg
@@ -161,7 +194,13 @@ class SAETrainTask(Task):
         figures.training_curves(module.history, module.val_history, self.figures_dir / "training_curves.png", title)
         figures.latent_density(freq.numpy(), self.figures_dir / "latent_density.png", title)
         torch.save(freq, self.output_dir / "latent_frequency.pt")
-        return {**recon, **spliced,
+        consistency = {}
+        if module.reference is not None:
+            with torch.no_grad():
+                alignment = reference_alignment(sae.W_dec, module.reference)
+            consistency = {"reference_alignment": float(alignment),
+                           "consistency_lambda": float(module.consistency_lambda)}
+        return {**recon, **spliced, **consistency,
                 "base_val_acc": float(self.base_info.get("val_acc", float("nan"))),
                 "train_steps": float(trainer.global_step),
                 "n_train": float(len(self.train_acts)), "n_eval": float(len(self.val_acts))}
@@ -172,5 +211,5 @@ class SAETrainTask(Task):
                 ("seed", cfg.seed)]
         keys = ["explained_variance", "fvu", "mse", "l0", "dead_fraction", "dense_fraction", "acc_clean",
                 "acc_with_sae", "acc_zero_ablation", "ce_clean", "ce_with_sae", "loss_recovered", "delta_loss",
-                "base_val_acc", "train_steps", "wall_time_s"]
+                "base_val_acc", "reference_alignment", "consistency_lambda", "train_steps", "wall_time_s"]
         return rows + [(k, metrics[k]) for k in keys if k in metrics]
