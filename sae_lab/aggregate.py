@@ -256,7 +256,8 @@ def _figures(rows: list[dict], jobs: list[Job], fig_dir: Path) -> list[Path]:
 
 def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, matching: bool = True,
               n_resamples: int = 10_000, wandb_project: str | None = None, log=print) -> dict:
-    """Aggregate a sweep directory; returns {"rows": [...], "problems": [...], "out_dir": ...}."""
+    """Aggregate a sweep directory; returns {"rows": [...], "pairs": {group: {(seed_a, seed_b): pwmcc}},
+    "problems": [...], "out_dir": ...}."""
     from labcore.artifacts import atomic_write_text
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -270,10 +271,11 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, matching
         groups.setdefault(j.group, []).append(j)
     for stale in out.glob("pairwise_*.csv"):  # from an earlier aggregation with other groups
         stale.unlink()
-    rows = []
+    rows, pairs = [], {}
     for name, members in sorted(groups.items()):
         row, trained, random = summarise_group(name, members, matching=matching, n_resamples=n_resamples)
         rows.append(row)
+        pairs[name] = {(a, b): p for a, b, p in trained}
         if trained:
             _write_csv(out / f"pairwise_{_slug(name)}.csv",
                        [{"seed_a": a, "seed_b": b, "pwmcc": p} for a, b, p in trained])
@@ -292,7 +294,8 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, matching
     log(f"[aggregate] wrote {out}")
     if wandb_project:
         log_to_wandb(wandb_project, sweep_dir, out, rows, figures)
-    return {"rows": rows, "problems": [(str(j.path), j.status, j.problem) for j in problems], "out_dir": out}
+    return {"rows": rows, "pairs": pairs, "problems": [(str(j.path), j.status, j.problem) for j in problems],
+            "out_dir": out}
 
 
 def log_to_wandb(project: str, sweep_dir: Path, out: Path, rows: list[dict], figures: list[Path]) -> None:

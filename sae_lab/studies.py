@@ -175,15 +175,15 @@ def run_stage(name: str, cmd: list[str], study_dir: Path, stages: list[dict]) ->
         raise StudyError(f"the {name} sweep exited with status {rc}; its output is in {study_dir / f'{name}.log'}")
 
 
-def aggregate_stage(name: str, sweep_dir: Path, n_resamples: int) -> list[dict]:
-    """Aggregate one sweep; refuse to go on when any job failed (a selection over incomplete groups
-    would compare different numbers of seeds)."""
+def aggregate_stage(name: str, sweep_dir: Path, n_resamples: int) -> dict:
+    """Aggregate one sweep (the `aggregate()` result: rows, pairs, ...); refuse to go on when any job
+    failed (a selection over incomplete groups would compare different numbers of seeds)."""
     from sae_lab.aggregate import aggregate
     result = aggregate(sweep_dir, n_resamples=n_resamples)
     if result["problems"]:
         named = "; ".join(f"{p} ({status}: {why})" for p, status, why in result["problems"])
         raise StudyError(f"the {name} sweep has jobs without results: {named}")
-    return result["rows"]
+    return result
 
 
 def default_study_dir(study: str) -> Path:
@@ -287,7 +287,7 @@ def adaptive_l0(args, overrides: list[str]) -> int:
 
     def steps(stages: list, body: list, selection: dict) -> int:
         run_stage("search", search, study_dir, stages)
-        rows = aggregate_stage("search", study_dir / "search", args.resamples)
+        rows = aggregate_stage("search", study_dir / "search", args.resamples)["rows"]
         chosen = select_adaptive_l0(rows, args.ev_floor)
         selection.update({"study": "adaptive_l0", **chosen, **json_table(chosen, SEARCH_COLS)})
         body += ["## Search", ""] + md_table(selection["candidates"], SEARCH_COLS)
@@ -297,7 +297,7 @@ def adaptive_l0(args, overrides: list[str]) -> int:
             return EXIT_NO_WINNER
         k = int(selection["winner"]["k"])
         run_stage("retrain", retrain(k), study_dir, stages)
-        row = aggregate_stage("retrain", study_dir / "retrain", args.resamples)[0]
+        row = aggregate_stage("retrain", study_dir / "retrain", args.resamples)["rows"][0]
         selection["retrain"] = dict(row)
         body += [f"## Retrain of k = {k}", "",
                  f"Explained variance {ci(row, 'explained_variance')}, L0 {fmt(_num(row, 'l0_mean'))}; "
@@ -362,22 +362,11 @@ def reference_sae_dir(sweep_dir: Path) -> Path:
     return ok[0].path / "sae"
 
 
-def pair_pwmcc_by_group(sweep_dir: Path) -> dict[str, dict[tuple, float]]:
-    """{group: {(seed_a, seed_b): PWMCC}} from the finished jobs' decoders (as aggregate computes it)."""
-    from safetensors.torch import load_file
-
-    from sae_lab.aggregate import find_jobs
-    from sae_lab.consistency import pairwise_pwmcc
-    decoders: dict[str, dict] = {}
-    for j in find_jobs(sweep_dir):
-        if j.status == "ok":
-            decoders.setdefault(j.group, {})[j.seed] = load_file(j.path / "sae" / "sae_weights.safetensors")["W_dec"]
-    return {g: {(a, b): p for a, b, p in pairwise_pwmcc(d)} for g, d in decoders.items() if len(d) >= 2}
-
-
-def add_consistency_columns(rows: list[dict], sweep_dir: Path, n_resamples: int) -> list[dict]:
+def add_consistency_columns(rows: list[dict], pairs: dict[str, dict[tuple, float]], sweep_dir: Path,
+                            n_resamples: int) -> list[dict]:
     """Per lambda group: its lambda, mean alignment to the reference, and the PWMCC gain over lambda 0
-    on the same seed pairs (mean of paired differences, bootstrap 95% CI)."""
+    on the same seed pairs (mean of paired differences, bootstrap 95% CI). `pairs` is aggregate()'s
+    {group: {(seed_a, seed_b): pwmcc}}."""
     import numpy as np
 
     from labcore.stats import bootstrap_ci
@@ -389,7 +378,6 @@ def add_consistency_columns(rows: list[dict], sweep_dir: Path, n_resamples: int)
         row = {**row, "consistency_lambda": float(members[0].config["train"]["consistency_lambda"]),
                "reference_alignment_mean": float(np.mean([j.metrics["reference_alignment"] for j in members]))}
         out.append(row)
-    pairs = pair_pwmcc_by_group(sweep_dir)
     base = next((r["group"] for r in out if r["consistency_lambda"] == 0), None)
     for row in out:
         common = sorted(set(pairs.get(row["group"], {})) & set(pairs.get(base, {}))) if base else []
@@ -419,8 +407,8 @@ def consistency_reg(args, overrides: list[str]) -> int:
         run_stage("reference", reference, study_dir, stages)
         ref_dir = reference_sae_dir(study_dir / "reference")
         run_stage("lambdas", lambdas(ref_dir), study_dir, stages)
-        rows = aggregate_stage("lambdas", study_dir / "lambdas", args.resamples)
-        rows = add_consistency_columns(rows, study_dir / "lambdas", args.resamples)
+        result = aggregate_stage("lambdas", study_dir / "lambdas", args.resamples)
+        rows = add_consistency_columns(result["rows"], result["pairs"], study_dir / "lambdas", args.resamples)
         chosen = select_consistency(rows, args.max_ev_drop)
         selection.update({"study": "consistency_reg", "reference": str(ref_dir), **chosen,
                           **json_table(chosen, LAMBDA_COLS)})
