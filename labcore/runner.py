@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from labcore.artifacts import Manifest, atomic_write_json
-from labcore.console import table
+from labcore.tables import table
 from labcore.validate import ConfigError, get
 
 

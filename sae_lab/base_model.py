@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from labcore.data import batch_loader
 from labcore.models.gpt import GPT, GPTConfig
-from sae_lab.modular import ModularAddition
+from labcore.datasets.modular_addition import ModularAddition
 
 
 class ModularClassifier(L.LightningModule):

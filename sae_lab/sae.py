@@ -104,7 +104,7 @@ class SparseAutoencoder(nn.Module):
     def _decode_topk(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """x_hat from k (value, index) pairs per row, without materialising the dense code."""
         if self.fast:
-            from sae_lab.sparse import sparse_decode
+            from sae_lab.fast_topk import sparse_decode
             return sparse_decode(vals, idx, self.W_dec) + self.b_dec
         z = torch.zeros(vals.shape[0], self.d_sae, dtype=vals.dtype, device=vals.device)
         return self.decode(z.scatter(1, idx, vals))
@@ -118,7 +118,7 @@ class SparseAutoencoder(nn.Module):
         if pre is None:
             # fast path: only the dead latents' pre-activations matter, so encode with just their
             # columns of W_enc (a GEMM n_dead wide instead of d_sae wide).
-            from sae_lab.sparse import AUXK_SPARSE_MAX_FILL, sparse_decode, topk_encode
+            from sae_lab.fast_topk import AUXK_SPARSE_MAX_FILL, sparse_decode, topk_encode
             dead_idx = dead.nonzero().squeeze(1)
             W_enc, b_enc = self.W_enc[:, dead_idx], self.b_enc[dead_idx]
             e = (x - x_hat).detach()
@@ -151,7 +151,7 @@ class TopKSAE(SparseAutoencoder):
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         if self.fast:  # chunked GEMM + topk, sparse backward; AuxK then takes its own fast path
-            from sae_lab.sparse import topk_encode
+            from sae_lab.fast_topk import topk_encode
             vals, idx = topk_encode(x, self.W_enc, self.b_enc, self.k, b_dec=self.b_dec)
             pre = None
         else:

@@ -68,7 +68,7 @@ class SAETrainTask(Task):
                               f"reference d_in={d_in} does not match sae.d_in={get(cfg, 'sae.d_in')}: {ref}")
 
     def _dataset(self):
-        from sae_lab.modular import ModularAddition
+        from labcore.datasets.modular_addition import ModularAddition
         d = self.cfg.dataset
         return ModularAddition(p=d.p, train_frac=d.train_frac, split_seed=d.split_seed)
 
@@ -144,7 +144,7 @@ class SAETrainTask(Task):
         from hydra.utils import instantiate
 
         from labcore.data import ArrayDataModule
-        from sae_lab.lit import SAETraining
+        from sae_lab.training import SAETraining
 
         cfg = self.cfg
         sae = instantiate(cfg.sae)
@@ -172,7 +172,7 @@ class SAETrainTask(Task):
 
         from sae_lab import figures
         from sae_lab.evaluate import reconstruction_metrics, spliced_metrics
-        from sae_lab.lit import reference_alignment
+        from sae_lab.training import reference_alignment
         from sae_lab.saelens_io import save_sae
 
         cfg = self.cfg

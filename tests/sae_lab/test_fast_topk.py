@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_lab import sparse
+from sae_lab import fast_topk as sparse
 from sae_lab.sae import TopKSAE
-from sae_lab.sparse import LatentBags, _grouped_topk, sparse_decode, topk_encode
+from sae_lab.fast_topk import LatentBags, _grouped_topk, sparse_decode, topk_encode
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

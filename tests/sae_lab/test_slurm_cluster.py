@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLURM_SCRIPTS = REPO / "scripts" / "slurm"
 APP = REPO / "tests" / "slurm_app" / "app.py"
 CONF = REPO / "conf"

@@ -12,7 +12,7 @@ import torch
 
 from labcore import run
 from labcore.validate import ConfigError
-from sae_lab.lit import SAETraining, reference_alignment
+from sae_lab.training import SAETraining, reference_alignment
 from sae_lab.sae import build_sae
 from sae_lab.saelens_io import save_sae
 from sae_lab.studies import edge_note, main, ranking_key, select_adaptive_l0, select_consistency
