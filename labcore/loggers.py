@@ -51,3 +51,30 @@ def finish_wandb() -> None:
         import wandb as _wandb
         if _wandb.run is not None:
             _wandb.finish()
+
+
+def wandb_summary_run(project: str, sweep_dir: str | os.PathLike, save_dir: str | os.PathLike,
+                      rows: list[dict], figures: list[Path] = (), job_type: str = "aggregate",
+                      table_name: str = "summary") -> None:
+    """Log a table (one row per dict) and figures as one W&B run in the sweep's group, the group its
+    jobs logged to (`sweep_group`); offline without credentials, like the jobs."""
+    import wandb as _wandb
+    sweep = Path(sweep_dir).name
+    run = _wandb.init(project=project, group=sweep, job_type=job_type, name=f"{job_type}-{sweep}",
+                      dir=str(save_dir), mode=None if wandb_has_credentials() else "offline",
+                      reinit="finish_previous")
+    try:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        run.log({table_name: _wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
+                 **{f"figures/{Path(p).stem}": _wandb.Image(str(p)) for p in figures}})
+    finally:
+        run.finish()
+
+
+def report_to_loggers(loggers: list, config: dict, metrics: dict[str, float], figures: list) -> None:
+    """Give every experiment logger what a dashboard needs to group, filter and compare runs: the
+    resolved config as hyperparameters, the final metrics as the run's summary, figures as images."""
+    for logger in loggers:
+        logger.log_hyperparams(config)
+        logger.log_metrics(metrics)
+        logger.save()

@@ -1,6 +1,27 @@
-"""Where the shared config tree lives: `conf/` at the repository root (editable install)."""
+"""Where the config tree lives: `conf/` at the repository root (editable install).
+
+    conf/common/        groups every line shares: model, dataset, trainer, logger, callbacks,
+                        paths, hydra/launcher
+    conf/<line>/        one research line: its primary config `<line>.yaml`, its named studies
+                        `experiment/`, and groups only it uses (sae_lab: sae/, base_model/)
+
+A line's entrypoint reads `conf/<line>/`; the `hydra_plugins/interp_lab_searchpath` plugin puts
+`conf/common/` beside it, so each line sees its own studies and the shared groups only.
+"""
 
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = str(REPO_ROOT / "conf")
+CONFIG_DIR = REPO_ROOT / "conf"
+
+
+def line_config_dir(line: str) -> str:
+    return str(CONFIG_DIR / line)
+
+
+def compose(line: str, overrides: list[str] = (), return_hydra_config: bool = False):
+    """The config `python -m <line>.<verb> <overrides>` would run, for notebooks and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    with initialize_config_dir(config_dir=line_config_dir(line), version_base="1.3"):
+        return hydra_compose(config_name=line, overrides=list(overrides), return_hydra_config=return_hydra_config)

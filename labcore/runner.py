@@ -1,10 +1,11 @@
-"""`labcore.run(cfg)`: the single Lightning-based entrypoint of every research line.
+"""`labcore.run(cfg)`: the single entrypoint of every job of every research line.
 
-    seed -> validate (clear errors, before compute) -> task.prepare (cached inputs)
-    -> instantiate module / datamodule / loggers / callbacks / trainer from the config
-    -> trainer.fit -> task.analyse -> metrics.json + manifest.json, atomically.
+    manifest -> validate (clear errors, before compute) -> seed -> task.prepare (cached inputs)
+    -> [TrainingTask: build module + data, fit with Lightning] -> task.analyse
+    -> metrics to the loggers, metrics.json last and atomically; manifest status throughout.
 
-Each package's `python -m <pkg>.<verb>` is a thin @hydra.main around this function.
+An analysis-only `Task` skips the fit and everything Lightning (see labcore.task). Each package's
+`python -m <pkg>.<verb>` is a thin @hydra.main around this function.
 """
 
 from __future__ import annotations
@@ -43,27 +44,31 @@ def _resolved(cfg: DictConfig) -> dict:
         raise ConfigError(str(key), str(e).splitlines()[0]) from None
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path):
-    import lightning as L
-    from hydra.utils import instantiate
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
+def seed_everything(seed: int | None) -> None:
+    """Seed Python, numpy and torch (what Lightning's seed_everything does, without importing it)."""
+    import os
+    import random
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    plugins = []
-    if SLURMEnvironment.detect():
-        # submitit owns requeueing (USR2); Lightning's USR1 auto-requeue would fight it
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                     plugins=plugins or None, default_root_dir=str(output_dir))
-    return trainer
+    import numpy as np
+    import torch
+    seed = 0 if seed is None else int(seed)
+    os.environ["PL_GLOBAL_SEED"] = str(seed)   # Lightning's dataloader workers read it
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run one job described by `cfg`; return its metrics (also written to metrics.json)."""
     from hydra.utils import get_class
 
-    from labcore.loggers import finish_wandb
+    from labcore.loggers import finish_wandb, report_to_loggers
+    from labcore.task import TrainingTask
 
     out = output_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,25 +79,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     manifest = Manifest(out, _resolved(cfg), _overrides(), seed)
     status, error = "failed", None
     try:
-        task_cls = get_class(get(cfg, "task._target_"))
-        task = task_cls(cfg, out, manifest)
+        task = get_class(get(cfg, "task._target_"))(cfg, out, manifest)
         task.validate()
-
-        import lightning as L
-        L.seed_everything(seed, workers=True, verbose=False)
+        seed_everything(seed)
         t0 = time.time()
+        loggers = build_loggers(cfg)
         task.prepare()
-        module, datamodule = task.build()
-        trainer = build_trainer(cfg, out)
-        ckpt_path = cfg.get("ckpt_path")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if trainer.interrupted:
-            raise KeyboardInterrupt("training interrupted")
-        metrics = dict(task.analyse(trainer, module, datamodule))
+        if isinstance(task, TrainingTask):
+            from labcore.fit import fit
+            fit(task, cfg, out, loggers)
+        metrics = dict(task.analyse())
         metrics["wall_time_s"] = round(time.time() - t0, 3)
         bad = [k for k, v in metrics.items() if not isinstance(v, (int, float))]
         if bad:
             raise TypeError(f"metrics must be flat numbers; offending keys: {bad}")
+        report_to_loggers(loggers, manifest.data["config"], metrics, sorted((out / "figures").glob("*.png")))
         atomic_write_json(metrics_path, metrics)
         manifest.add_output("metrics", metrics_path)
         status = "completed"
@@ -107,4 +108,3 @@ def run(cfg: DictConfig) -> dict[str, float]:
     finally:
         manifest.finish(status, error)
         finish_wandb()
-

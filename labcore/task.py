@@ -1,8 +1,13 @@
-"""The contract between `labcore.run` and a research line's job.
+"""The contract between `labcore.run` and a research line's job. Two kinds share one runner:
 
-A task turns a composed config into: a validation step (cheap, before any compute), a prepare
-step (cached inputs such as a base model or activations), a LightningModule + DataModule to fit,
-and an analysis step that returns flat numeric metrics and writes figures/artifacts.
+* `Task`, analysis only: validate -> prepare -> analyse. No LightningModule, no trainer, and
+  Lightning is never imported (spectra's studies, nanodesmo's frozen-weight test, feature analysis).
+* `TrainingTask`, train then analyse: `build()` returns the LightningModule (automatic or manual
+  optimisation) and its DataModule; the runner fits them with the trainer built from the config,
+  then `analyse()` reads `self.trainer`, `self.module` and `self.datamodule`.
+
+Either way the runner owns what every job shares: validation before compute, seeding, the
+manifest, the loggers, the per-step log, and metrics.json written last and atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ if TYPE_CHECKING:
 
 
 class Task:
+    """An analysis-only job; subclass `TrainingTask` for a job that trains first."""
+
     def __init__(self, cfg: DictConfig, output_dir: Path, manifest: "Manifest"):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
@@ -28,14 +35,10 @@ class Task:
         """Raise labcore.validate.ConfigError naming the bad key. No heavy imports or compute."""
 
     def prepare(self) -> None:
-        """Build or fetch cached inputs."""
+        """Build or fetch cached inputs (models, activations)."""
 
-    def build(self) -> tuple["L.LightningModule", "L.LightningDataModule | None"]:
-        raise NotImplementedError
-
-    def analyse(self, trainer: "L.Trainer", module: "L.LightningModule",
-                datamodule: "L.LightningDataModule | None") -> dict[str, float]:
-        """Evaluate, write figures/artifacts under self.output_dir, return flat metrics."""
+    def analyse(self) -> dict[str, float]:
+        """Evaluate, write figures/artifacts under self.output_dir, return flat numeric metrics."""
         return {}
 
     def summary(self, metrics: dict[str, float]) -> list[tuple[str, object]]:
@@ -47,3 +50,20 @@ class Task:
         d = self.output_dir / "figures"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    @property
+    def step_log_path(self) -> Path:
+        """The job's per-step JSONL log (`labcore.steplog`), written as training goes."""
+        return self.output_dir / "steps.jsonl"
+
+
+class TrainingTask(Task):
+    """A job that fits a LightningModule before analysing it."""
+
+    trainer: "L.Trainer | None" = None
+    module: "L.LightningModule | None" = None
+    datamodule: "L.LightningDataModule | None" = None
+
+    def build(self) -> tuple["L.LightningModule", "L.LightningDataModule | None"]:
+        """The module to fit (it may set `automatic_optimization = False` to own the step) and its data."""
+        raise NotImplementedError

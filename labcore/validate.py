@@ -55,3 +55,18 @@ def existing_path(cfg: DictConfig, key: str) -> str | None:
     if value is not None and not os.path.exists(str(value)):
         raise ConfigError(key, f"path does not exist: {value}")
     return value
+
+
+def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs) -> Any:
+    """`hydra.utils.instantiate(cfg.<key>, **kwargs)`; a bad value becomes a ConfigError naming the key
+    (Hydra wraps the constructor's own message in a long instantiation error)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    node = get(cfg, key)
+    if node is None or "_target_" not in node:
+        raise ConfigError(key, "needs a config group option with a `_target_`")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(key, str(cause).splitlines()[-1] if str(cause) else type(cause).__name__) from None

@@ -1,7 +1,7 @@
 """The base transformer the SAEs study: trained once per config, cached by content hash.
 
-Lightning fits it until validation accuracy reaches `base.target_val_acc` (early stop on the
-threshold) or `base.max_epochs` runs out. The cache entry holds `model.safetensors` and
+Lightning fits it until validation accuracy reaches `base_model.target_val_acc` (early stop on the
+threshold) or `base_model.max_epochs` runs out. The cache entry holds `model.safetensors` and
 `config.json`; every SAE job of a sweep reuses it.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from labcore.data import batch_loader
+from labcore.fit import build_trainer
 from labcore.models.gpt import GPT, GPTConfig
 from labcore.datasets.modular_addition import ModularAddition
 
@@ -53,20 +55,22 @@ def answer_logits(model: GPT, tokens: torch.Tensor, data: ModularAddition) -> to
     return model(tokens)[:, data.answer_pos, : data.p]
 
 
-def train_base_model(model_cfg: GPTConfig, data: ModularAddition, base_cfg, out_dir: Path) -> dict:
-    """Fit the base model and save it into `out_dir`; return its training summary."""
+def train_base_model(build_model: Callable[[], GPT], data: ModularAddition, base_cfg, trainer_cfg,
+                     out_dir: Path) -> dict:
+    """Fit the model `build_model()` returns (built after seeding with `base_cfg.seed`) with the
+    job's trainer settings (`trainer_cfg`: device, precision), save it into `out_dir` and return
+    its training summary."""
     L.seed_everything(base_cfg.seed, verbose=False)
-    model = GPT(model_cfg)
+    model = build_model()
     tokens, labels = data.examples()
     train_idx, val_idx = data.split()
     module = ModularClassifier(model, data, base_cfg.lr, base_cfg.weight_decay, base_cfg.betas)
     stop = L.pytorch.callbacks.EarlyStopping(
         monitor="base/val_acc", mode="max", stopping_threshold=base_cfg.target_val_acc,
         patience=10**9, check_on_train_epoch_end=False)
-    trainer = L.Trainer(max_epochs=base_cfg.max_epochs, accelerator="auto", devices=1, logger=False,
-                        callbacks=[stop], enable_checkpointing=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, check_val_every_n_epoch=base_cfg.val_every_n_epochs,
-                        default_root_dir=str(out_dir))
+    trainer = build_trainer(trainer_cfg, out_dir, callbacks=[stop], max_epochs=base_cfg.max_epochs,
+                            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            check_val_every_n_epoch=base_cfg.val_every_n_epochs, log_every_n_steps=1)
     trainer.fit(module,
                 train_dataloaders=batch_loader(tokens[train_idx], labels[train_idx],
                                                batch_size=base_cfg.batch_size, shuffle=True, seed=base_cfg.seed),

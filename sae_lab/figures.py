@@ -7,23 +7,25 @@ from pathlib import Path
 import numpy as np
 
 from labcore.plotting import save_figure, subplots
+from labcore.steplog import series
 
 
-def training_curves(history: list[dict], val_history: list[dict], path: Path, title: str = "") -> Path:
+def training_curves(log: list[dict], path: Path, title: str = "") -> Path:
+    """Curves from the job's step log (`labcore.steplog`): what a resumed job logged is all there."""
     fig, axes = subplots(1, 3, figsize=(13, 3.6))
-    steps = [h["step"] for h in history]
-    axes[0].plot(steps, [h["train/fvu"] for h in history], label="train FVU", lw=1)
-    if val_history:
-        axes[0].plot([v["step"] for v in val_history], [v["fvu"] for v in val_history], "o-", label="held-out FVU")
+    axes[0].plot(*series(log, "train/fvu"), label="train FVU", lw=1)
+    val_steps, val_fvu = series(log, "val/fvu")
+    if val_steps:
+        axes[0].plot(val_steps, val_fvu, "o-", label="held-out FVU")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
     axes[0].set_title("reconstruction (FVU = 1 - EV)")
     axes[0].legend()
-    axes[1].plot(steps, [h["train/l0"] for h in history], lw=1)
+    axes[1].plot(*series(log, "train/l0"), lw=1)
     axes[1].set_xlabel("step")
     axes[1].set_title("L0 (active latents per example)")
-    axes[2].plot(steps, [h["train/dead_fraction"] for h in history], lw=1, label="dead fraction")
-    axes[2].plot(steps, [h["train/aux"] for h in history], lw=1, label="aux loss")
+    axes[2].plot(*series(log, "train/dead_fraction"), lw=1, label="dead fraction")
+    axes[2].plot(*series(log, "train/aux"), lw=1, label="aux loss")
     axes[2].set_xlabel("step")
     axes[2].set_title("dead latents / auxiliary loss")
     axes[2].legend()

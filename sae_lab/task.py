@@ -12,12 +12,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from labcore.task import Task
-from labcore.validate import ConfigError, existing_path, fraction, get, positive_int, positive_number, require
+from labcore.task import TrainingTask
+from labcore.validate import (ConfigError, existing_path, fraction, get, instantiate_or_explain, positive_int,
+                              positive_number, require)
 from sae_lab.sae import ARCHITECTURES
 
 
-class SAETrainTask(Task):
+class SAETrainTask(TrainingTask):
     # ---- validation: cheap, before any compute ------------------------------------------------
     def validate(self) -> None:
         cfg = self.cfg
@@ -35,17 +36,20 @@ class SAETrainTask(Task):
         positive_int(cfg, "trainer.max_epochs")
         positive_int(cfg, "dataset.p")
         fraction(cfg, "dataset.train_frac")
-        positive_number(cfg, "base.lr")
-        require(cfg, "base.target_val_acc", lambda v: 0 < v <= 1, "must be in (0, 1]")
+        positive_number(cfg, "base_model.lr")
+        require(cfg, "base_model.target_val_acc", lambda v: 0 < v <= 1, "must be in (0, 1]")
         for key in ("model.n_layer", "model.n_head", "model.d_model", "model.d_mlp"):
             positive_int(cfg, key)
         existing_path(cfg, "ckpt_path")
-        existing_path(cfg, "base.checkpoint")
+        existing_path(cfg, "base_model.checkpoint")
         self._check_consistency(cfg)
         self.data = self._dataset()
-        self.model_cfg = self._model_config()
+        hook_names = self._model_hook_names()
         self.position = self._position()
-        self._check_hook_name(get(cfg, "activations.hook_name"))
+        name = get(cfg, "activations.hook_name")
+        if name not in hook_names:
+            from labcore.hooks import UnknownHookError
+            raise ConfigError("activations.hook_name", str(UnknownHookError(name, hook_names)))
 
     @staticmethod
     def _check_consistency(cfg) -> None:
@@ -68,17 +72,18 @@ class SAETrainTask(Task):
                               f"reference d_in={d_in} does not match sae.d_in={get(cfg, 'sae.d_in')}: {ref}")
 
     def _dataset(self):
-        from labcore.datasets.modular_addition import ModularAddition
-        d = self.cfg.dataset
-        return ModularAddition(p=d.p, train_frac=d.train_frac, split_seed=d.split_seed)
+        return instantiate_or_explain(self.cfg, "dataset")
 
-    def _model_config(self):
-        from labcore.models.gpt import GPTConfig
-        params = {k: v for k, v in OmegaConf.to_container(self.cfg.model, resolve=True).items() if k != "name"}
-        try:
-            return GPTConfig(vocab_size=self.data.vocab_size, block_size=self.data.seq_len, **params)
-        except (TypeError, ValueError) as e:
-            raise ConfigError("model", str(e)) from None
+    def build_model(self):
+        """The base model of `cfg.model`, shaped for the dataset (untrained)."""
+        return instantiate_or_explain(self.cfg, "model", vocab_size=self.data.vocab_size, block_size=self.data.seq_len)
+
+    def _model_hook_names(self) -> list[str]:
+        import torch
+        with torch.device("meta"):  # no memory, no init cost: only the shape of the model matters
+            model = self.build_model()
+        self.model_cfg = model.cfg
+        return model.hook_names()
 
     def _position(self) -> int:
         pos = get(self.cfg, "activations.position")
@@ -89,16 +94,6 @@ class SAETrainTask(Task):
                               f"must be 'answer' or an int in [-{self.data.seq_len}, {self.data.seq_len}) (got {pos!r})")
         return pos
 
-    def _check_hook_name(self, name: str) -> None:
-        import torch
-
-        from labcore.hooks import UnknownHookError
-        from labcore.models.gpt import GPT
-        with torch.device("meta"):  # no memory, no init cost: only the hook names matter
-            names = GPT(self.model_cfg).hook_names()
-        if name not in names:
-            raise ConfigError("activations.hook_name", str(UnknownHookError(name, names)))
-
     # ---- cached inputs ------------------------------------------------------------------------
     def prepare(self) -> None:
         from labcore.activations import check_finite, extract
@@ -108,13 +103,13 @@ class SAETrainTask(Task):
 
         cfg = self.cfg
         cache_dir = Path(get(cfg, "paths.cache_dir"))
-        if cfg.base.checkpoint:
-            base_dir = Path(cfg.base.checkpoint)
+        if cfg.base_model.checkpoint:
+            base_dir = Path(cfg.base_model.checkpoint)
         else:
             base_key = {"model": self.model_cfg.to_dict(), "dataset": OmegaConf.to_container(cfg.dataset),
-                        "train": {k: v for k, v in OmegaConf.to_container(cfg.base).items() if k != "checkpoint"}}
+                        "train": {k: v for k, v in OmegaConf.to_container(cfg.base_model).items() if k != "checkpoint"}}
             base_dir = cached(cache_dir, "base_models", base_key,
-                              lambda tmp: train_base_model(self.model_cfg, self.data, cfg.base, tmp))
+                              lambda tmp: train_base_model(self.build_model, self.data, cfg.base_model, cfg.trainer, tmp))
         self.base_model, self.base_info = load_base_model(base_dir)
         base_sha = sha256_file(base_dir / "model.safetensors")
         self.manifest.add_input("base_model", base_sha)
@@ -167,7 +162,7 @@ class SAETrainTask(Task):
         return load_sae(path)[0].W_dec.detach()
 
     # ---- evaluation and artifacts -------------------------------------------------------------
-    def analyse(self, trainer, module, datamodule) -> dict[str, float]:
+    def analyse(self) -> dict[str, float]:
         import torch
 
         from sae_lab import figures
@@ -175,7 +170,9 @@ class SAETrainTask(Task):
         from sae_lab.training import reference_alignment
         from sae_lab.saelens_io import save_sae
 
-        cfg = self.cfg
+        from labcore.steplog import read_step_log
+
+        cfg, trainer, module = self.cfg, self.trainer, self.module
         sae = module.sae.eval()
         device = sae.W_enc.device
         model = self.base_model.to(device)
@@ -191,7 +188,7 @@ class SAETrainTask(Task):
                            model_name=self.model_name, extra_metadata={"seed": cfg.seed})
         self.manifest.add_output("sae", sae_dir)
         title = f"{sae.architecture} d_sae={sae.d_sae}" + (f" k={sae.k}" if sae.k else "") + f" seed={cfg.seed}"
-        figures.training_curves(module.history, module.val_history, self.figures_dir / "training_curves.png", title)
+        figures.training_curves(read_step_log(self.step_log_path), self.figures_dir / "training_curves.png", title)
         figures.latent_density(freq.numpy(), self.figures_dir / "latent_density.png", title)
         torch.save(freq, self.output_dir / "latent_frequency.pt")
         consistency = {}

@@ -9,10 +9,10 @@
 import hydra
 from omegaconf import DictConfig
 
-from labcore.paths import CONFIG_DIR
+from labcore.paths import line_config_dir
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sae_lab")
+@hydra.main(version_base="1.3", config_path=line_config_dir("sae_lab"), config_name="sae_lab")
 def main(cfg: DictConfig) -> None:
     from labcore import run
     run(cfg)

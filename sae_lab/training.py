@@ -11,18 +11,10 @@ from sae_lab.sae import SparseAutoencoder
 
 
 def reference_alignment(w_dec: torch.Tensor, reference: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """mean_i max_j |cos(d_i, r_j)| between this SAE's decoder rows d_i and reference rows r_j.
-
-    Differentiable in `w_dec` (`reference` is a frozen [d_ref, d_in] matrix of unit rows). The best
-    match j*(i) is searched without autograd in row chunks, then only the matched cosines are
-    recomputed with gradients: the gradient of a max is the gradient at its argmax, so this equals
-    differentiating the full [d_sae, d_ref] cosine matrix while keeping O(d_sae * d_in) memory.
-    """
-    d = F.normalize(w_dec, dim=1)
-    with torch.no_grad():
-        best = torch.cat([(d[s:s + chunk_size] @ reference.T).abs_().argmax(dim=1)
-                          for s in range(0, d.shape[0], chunk_size)])
-    return (d * reference[best]).sum(dim=1).abs().mean()
+    """mean_i max_j |cos(d_i, r_j)| between this SAE's decoder rows d_i and reference rows r_j,
+    differentiable in `w_dec` (`sae_lab.consistency.mean_max_abs_cos`, where PWMCC's maxima live too)."""
+    from sae_lab.consistency import mean_max_abs_cos
+    return mean_max_abs_cos(w_dec, reference, chunk_size)
 
 
 class SAETraining(L.LightningModule):
@@ -44,8 +36,6 @@ class SAETraining(L.LightningModule):
         # so checkpoints keep their old layout and a resumed job reloads it from its config
         self.register_buffer("reference", None if reference is None else
                              F.normalize(reference.detach().float(), dim=1), persistent=False)
-        self.history: list[dict] = []       # per-step curves for the figures
-        self.val_history: list[dict] = []
         self._val_stats: ReconstructionStats | None = None
 
     def training_step(self, x, _):
@@ -65,7 +55,6 @@ class SAETraining(L.LightningModule):
                 "train/l0": out.l0, "train/dead_fraction": dead, **extra}
         self.log_dict(logs, prog_bar=False)
         self.log("fvu", out.recon_loss, prog_bar=True, logger=False)
-        self.history.append({"step": self.global_step, **{k: float(v.detach()) if torch.is_tensor(v) else v for k, v in logs.items()}})
         return loss
 
     def on_before_optimizer_step(self, optimizer):
@@ -91,7 +80,7 @@ class SAETraining(L.LightningModule):
         m = self._val_stats.compute(self.dense_threshold)
         self.log("val/ev", m["explained_variance"], prog_bar=True)
         self.log("val/l0", m["l0"])
-        self.val_history.append({"step": self.global_step, "epoch": self.current_epoch, **m})
+        self.log("val/fvu", m["fvu"])
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=self.betas)

@@ -12,21 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+os.environ.setdefault("LAB_DATA_DIR", str(SHAKESPEARE.parent.parent))
 
 # A CPU-second version of the default study: small p and model, few epochs.
 TINY = [
-    "dataset.p=23", "model.d_model=32", "model.d_mlp=64", "base.max_epochs=150", "base.batch_size=476",
+    "dataset.p=23", "model.d_model=32", "model.d_mlp=64", "base_model.max_epochs=150", "base_model.batch_size=476",
     "sae.d_sae=64", "sae.k=4", "train.batch_size=128", "trainer.max_epochs=4",
     "trainer.check_val_every_n_epoch=2", "trainer.enable_progress_bar=false", "activations.batch_size=256",
 ]
 
 
-def compose(overrides: list[str] = (), config_name: str = "sae_lab"):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+def compose(overrides: list[str] = (), line: str = "sae_lab"):
+    from labcore.paths import compose as lab_compose
+    return lab_compose(line, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ both paths because they sit before the attention product.
 
 Hook names: hook_embed, hook_pos_embed, blocks.{l}.hook_resid_pre|mid|post, blocks.{l}.hook_attn_out,
 blocks.{l}.hook_mlp_out, blocks.{l}.attn.hook_q|k|v|attn_scores|pattern|z, blocks.{l}.mlp.hook_pre|post.
-q/k/v/z have shape [batch, pos, head, d_head]; scores/pattern [batch, head, query, key].
+Each hook's shape is written beside its declaration, TransformerLens-style. Every hook except
+hook_pos_embed has a leading batch dimension; all but attn_scores/pattern have pos second.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
+        # hook_q, hook_k, hook_v: [batch, pos, head_index, d_head]
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        # hook_attn_scores: [batch, head_index, query_pos, key_pos], scaled by 1/sqrt(d_head), future keys -inf
+        # hook_pattern: [batch, head_index, query_pos, key_pos], softmax of the scores (rows sum to 1)
+        # hook_z: [batch, pos, head_index, d_head], the pattern-weighted values before the output projection
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
         mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
         self.register_buffer("causal_mask", mask, persistent=False)
@@ -83,6 +88,7 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
         self.act = nn.ReLU() if cfg.act == "relu" else nn.GELU()
+        # hook_pre: [batch, pos, d_mlp] before the nonlinearity; hook_post: [batch, pos, d_mlp] after it
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +101,10 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias), nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.attn, self.mlp = Attention(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        # hook_resid_pre, hook_resid_mid, hook_resid_post: [batch, pos, d_model], the residual stream
+        # before the block, after attention, after the MLP
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        # hook_attn_out, hook_mlp_out: [batch, pos, d_model], what attention / the MLP add to the residual stream
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,11 +114,17 @@ class Block(nn.Module):
 
 
 class GPT(HookedModel):
-    def __init__(self, cfg: GPTConfig):
+    """`GPT(GPTConfig(...))`, or `GPT(**fields)` so a config group's `_target_` builds it directly."""
+
+    def __init__(self, cfg: GPTConfig | None = None, **fields):
         super().__init__()
+        if (cfg is None) == (not fields):
+            raise TypeError("GPT takes a GPTConfig or its fields as keywords, not both")
+        cfg = cfg or GPTConfig(**fields)
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        # hook_embed: [batch, pos, d_model]; hook_pos_embed: [pos, d_model], shared by the batch (broadcast)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))

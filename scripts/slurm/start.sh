@@ -102,7 +102,7 @@ SlurmdDebug=info
 $gres_types
 $overrides
 NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mem $node_gres State=UNKNOWN
-# "gpu": the same node under the partition name conf/hydra/launcher/slurm_gpu.yaml defaults to
+# "gpu": the same node under the partition name conf/common/hydra/launcher/slurm_gpu.yaml defaults to
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONF

@@ -6,12 +6,8 @@ from tests.conftest import compose
 
 
 def sweeper_params(name):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from tests.conftest import CONF
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="sae_lab", overrides=[f"experiment={name}"], return_hydra_config=True)
+    from labcore.paths import compose as lab_compose
+    cfg = lab_compose("sae_lab", [f"experiment={name}"], return_hydra_config=True)
     return cfg, dict(cfg.hydra.sweeper.params)
 
 

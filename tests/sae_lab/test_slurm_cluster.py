@@ -7,8 +7,8 @@ test is skipped when `sbatch` is not installed, unless REQUIRE_SLURM=1 (then it 
 One sweep `x=1,2,3 crash=3` runs as a SLURM job array; the x=3 job dies with os._exit(3). Checked:
 the launcher returns (no hang) and exits non-zero with submitit's UncompletedJobError naming the
 FAILED job, and the other jobs wrote their results. A second job runs through the framework's
-conf/hydra/launcher/slurm_gpu.yaml (the cluster has a fake gres/gpu and a "gpu" partition).
-The compose checks of conf/hydra/launcher/{slurm_gpu,local}.yaml need no cluster.
+conf/common/hydra/launcher/slurm_gpu.yaml (the cluster has a fake gres/gpu and a "gpu" partition).
+The compose checks of conf/common/hydra/launcher/{slurm_gpu,local}.yaml need no cluster.
 See scripts/slurm/README.md.
 """
 
@@ -28,7 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SLURM_SCRIPTS = REPO / "scripts" / "slurm"
 APP = REPO / "tests" / "slurm_app" / "app.py"
-CONF = REPO / "conf"
+CONF = REPO / "conf" / "common"   # the launcher presets live in the shared groups
 REQUIRE_SLURM = os.environ.get("REQUIRE_SLURM") == "1"
 LAUNCH_TIMEOUT_S = 180
 
@@ -187,7 +187,7 @@ def _run_app(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comp
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_gpu_launcher_config_submits(slurm_cluster, tmp_path):
-    """conf/hydra/launcher/slurm_gpu.yaml as shipped (partition gpu, gpus_per_node 1, setup lines),
+    """conf/common/hydra/launcher/slurm_gpu.yaml as shipped (partition gpu, gpus_per_node 1, setup lines),
     with only the job size shrunk to this machine."""
     env = slurm_cluster
     gres = subprocess.run(["sinfo", "-h", "-o", "%G"], env=env, capture_output=True, text=True).stdout

@@ -1,5 +1,5 @@
-"""Named studies (sae_lab.studies): selection rules, the consistency loss term, and one tiny run of
-each orchestrator end to end."""
+"""Named studies (sae_lab.studies, .selection, .study_report): selection rules, the consistency loss term,
+and one tiny run of each study end to end."""
 
 import csv
 import json
@@ -15,7 +15,9 @@ from labcore.validate import ConfigError
 from sae_lab.training import SAETraining, reference_alignment
 from sae_lab.sae import build_sae
 from sae_lab.saelens_io import save_sae
-from sae_lab.studies import edge_note, main, ranking_key, select_adaptive_l0, select_consistency
+from sae_lab.selection import ranking_key, select_adaptive_l0, select_consistency
+from sae_lab.studies import main
+from sae_lab.study_report import edge_note
 from tests.conftest import REPO, TINY
 
 
@@ -128,10 +130,12 @@ def test_training_step_adds_lambda_times_the_penalty():
     x = torch.randn(32, 8)
     plain = SAETraining(sae, lr=1e-3, reference=ref).training_step(x, 0)
     regularised = SAETraining(sae, lr=1e-3, consistency_lambda=0.5, reference=ref)
+    logged = {}
+    regularised.log_dict = lambda values, **kw: logged.update(values)  # no Trainer to log to here
     loss = regularised.training_step(x, 0)
     penalty = 1 - reference_alignment(sae.W_dec, regularised.reference).item()
     assert (loss - plain).item() == pytest.approx(0.5 * penalty, rel=1e-5)
-    assert regularised.history[-1]["train/consistency"] == pytest.approx(0.5 * penalty, rel=1e-5)
+    assert float(logged["train/consistency"]) == pytest.approx(0.5 * penalty, rel=1e-5)
     loss.backward()
     assert sae.W_dec.grad is not None and torch.isfinite(sae.W_dec.grad).all()
 
@@ -162,7 +166,8 @@ def test_reference_of_another_width_is_refused(tiny_cfg, tmp_path):
 
 def test_dry_run_prints_the_sweeps_and_owned_keys_are_refused(tmp_path, capsys):
     assert main(["adaptive_l0", "--dry-run", "--study-dir", str(tmp_path), "--k", "4,8", "trainer.max_epochs=3"]) == 0
-    search, _, retrain = capsys.readouterr().out.strip().splitlines()
+    # the plan lists every stage; its command lines are the two sweeps
+    search, retrain = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("$ ")]
     assert "experiment=adaptive_l0_search" in search and "sae.k=4,8" in search
     assert f"hydra.sweep.dir={tmp_path / 'search'}" in search and "trainer.max_epochs=3" in retrain
     assert "experiment=adaptive_l0_retrain" in retrain and "sae.k=<winner>" in retrain

@@ -15,7 +15,7 @@ from labcore.validate import ConfigError
     ("activations.hook_name=blocks.0.hook_resid_pots", "activations.hook_name", "did you mean"),
     ("train.lr=-0.001", "train.lr", "positive number"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path", "does not exist"),
-    ("base.checkpoint=/nonexistent/base", "base.checkpoint", "does not exist"),
+    ("base_model.checkpoint=/nonexistent/base", "base_model.checkpoint", "does not exist"),
     ("sae.architecture=gated", "sae.architecture", "must be one of"),
     ("dataset.train_frac=1.5", "dataset.train_frac", "fraction"),
     ("model.n_head=3", "model", "not divisible"),

@@ -1,0 +1,91 @@
+"""Character-level text over any local file (tiny Shakespeare, OpenWebText samples, ...).
+
+nanoGPT's shakespeare_char recipe: the vocabulary is the sorted set of characters in the file, the
+first (1 - val_frac) of the text trains and the rest validates, and a batch is `batch_size` random
+windows of `block_size + 1` characters (input = window[:-1], target = window[1:]).
+
+A corpus is read from its local path first. Only when the file is missing, a `url` is given and the
+machine is not marked offline (`LAB_OFFLINE=1` or `HF_HUB_OFFLINE=1`) is it downloaded, atomically,
+to that path; otherwise the error says where to put the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+OFFLINE_VARS = ("LAB_OFFLINE", "HF_HUB_OFFLINE")
+
+
+class CorpusNotFoundError(FileNotFoundError):
+    def __init__(self, path: Path, url: str | None, why: str):
+        where = f"put the text file at {path}" + (f" (it is downloaded from {url} when online)" if url else "")
+        super().__init__(f"text corpus {path} not found: {why}; {where}")
+        self.path = path
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_VARS)
+
+
+def corpus_path(path: str | os.PathLike, url: str | None = None) -> Path:
+    """The local corpus file, downloaded to `path` first if it is missing and that is allowed."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if url is None:
+        raise CorpusNotFoundError(path, url, "no such file and no download url")
+    if offline():
+        raise CorpusNotFoundError(path, url, "no such file, and downloads are off (offline)")
+    import urllib.request
+
+    from labcore.artifacts import atomic_path
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
+            tmp.write_bytes(response.read())
+    except OSError as e:
+        raise CorpusNotFoundError(path, url, f"download failed ({e})") from None
+    return path
+
+
+class CharText:
+    """A character-level corpus split into train/val token tensors, with random-window batches."""
+
+    def __init__(self, path: str | os.PathLike, block_size: int, val_frac: float = 0.1,
+                 url: str | None = None, max_chars: int | None = None):
+        if not 0 < val_frac < 1:
+            raise ValueError(f"val_frac must be in (0, 1), got {val_frac}")
+        self.path = corpus_path(path, url)
+        text = self.path.read_text(encoding="utf-8")
+        if max_chars is not None:
+            text = text[:max_chars]
+        self.chars = sorted(set(text))
+        self._index = {c: i for i, c in enumerate(self.chars)}
+        data = torch.tensor(self.encode(text), dtype=torch.long)
+        n_train = int(len(data) * (1 - val_frac))
+        self.train, self.val = data[:n_train], data[n_train:]
+        self.block_size = block_size
+        for split, part in (("train", self.train), ("val", self.val)):
+            if len(part) <= block_size:
+                raise ValueError(f"{self.path}: the {split} split has {len(part)} characters, "
+                                 f"fewer than block_size + 1 = {block_size + 1}")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._index[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each [batch_size, block_size], from random windows of `split`."""
+        data = {"train": self.train, "val": self.val}[split]
+        starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator)
+        windows = torch.stack([data[s:s + self.block_size + 1] for s in starts.tolist()])
+        return windows[:, :-1], windows[:, 1:]

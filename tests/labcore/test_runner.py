@@ -1,0 +1,86 @@
+"""The runner's two kinds of job: analysis only (no module, no trainer) and train-then-analyse
+(here with manual optimisation), sharing validation, seeding, manifest, step log and metrics.json."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from labcore import run
+from labcore.steplog import read_step_log
+from labcore.validate import ConfigError
+from tests.conftest import REPO
+
+
+def job(tmp_path, task, **extra):
+    return OmegaConf.create({
+        "name": "tiny", "seed": 3, "task": {"_target_": f"tests.labcore.{task}"},
+        "paths": {"output_dir": str(tmp_path / "out")}, "logger": {}, "callbacks": {}, **extra})
+
+
+TRAINER = {"_target_": "lightning.pytorch.Trainer", "max_steps": 30, "accelerator": "cpu", "devices": 1,
+           "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+           "enable_checkpointing": False}
+
+
+def test_analysis_only_job(tmp_path):
+    metrics = run(job(tmp_path, "tiny_analysis.NoiseStatistics", n=1000))
+    out = tmp_path / "out"
+    torch.manual_seed(3)  # the runner seeded with cfg.seed before analyse
+    assert metrics["mean"] == pytest.approx(float(torch.randn(1000).mean()))
+    assert json.loads((out / "metrics.json").read_text())["mean"] == metrics["mean"]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
+    assert (out / "figures" / "noise.png").stat().st_size > 1000
+    assert not (out / "steps.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def test_analysis_only_job_never_imports_lightning(tmp_path):
+    code = ("import sys; from omegaconf import OmegaConf; from labcore import run; "
+            f"run(OmegaConf.create({json.dumps(OmegaConf.to_container(job(tmp_path, 'tiny_analysis.NoiseStatistics', n=10)))})); "
+            "print('lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_analysis_only_job_is_validated_before_compute(tmp_path):
+    with pytest.raises(ConfigError, match="^n: must be a positive integer"):
+        run(job(tmp_path, "tiny_analysis.NoiseStatistics", n=0))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "n: must be" in manifest["error"]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_training_job_with_manual_optimisation(tmp_path):
+    metrics = run(job(tmp_path, "tiny_training.RegressionTraining", n=64, clip=0.5, trainer=TRAINER))
+    assert metrics["steps"] == 30 and metrics["w_error"] < 3.7  # it learned (w starts ~3.7 away)
+    log = read_step_log(tmp_path / "out" / "steps.jsonl")
+    steps = [r["step"] for r in log if "train/grad_norm" in r]
+    assert steps == list(range(30))
+    norms = [r["train/grad_norm"] for r in log if "train/grad_norm" in r]
+    assert max(norms) > 0.5  # the norm before clipping, not the clipped one
+    ema = 0.0
+    for n in norms:  # the carried state is an EMA of exactly those norms
+        ema = 0.9 * ema + 0.1 * n
+    assert metrics["grad_norm_ema"] == pytest.approx(ema, rel=1e-5)
+
+
+def test_resumed_fit_truncates_the_step_log_to_its_checkpoint(tmp_path):
+    """A fit resumed from a mid-run checkpoint cuts the step log back to what that checkpoint had
+    seen: the records of steps after it are replaced, not duplicated."""
+    ckpt = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": str(tmp_path / "ckpt"),
+            "every_n_train_steps": 10, "save_top_k": -1, "filename": "{step}"}
+    trainer = {**TRAINER, "enable_checkpointing": True}
+    run(job(tmp_path, "tiny_training.RegressionTraining", n=64, clip=0.5, trainer=trainer, callbacks={"ckpt": ckpt}))
+    full = read_step_log(tmp_path / "out" / "steps.jsonl")
+    assert len({r["step"] for r in full}) == 30
+    # as if killed after step 30 and restarted from the step-10 checkpoint in the same directory
+    resumed = job(tmp_path, "tiny_training.RegressionTraining", n=64, clip=0.5, trainer=trainer, callbacks={"ckpt": ckpt},
+                  ckpt_path=str(tmp_path / "ckpt" / "step=10.ckpt"))
+    run(resumed)
+    log = read_step_log(tmp_path / "out" / "steps.jsonl")
+    assert [r["step"] for r in log] == [r["step"] for r in full]
+    assert [r["train/loss"] for r in log][:10] == [r["train/loss"] for r in full][:10]
