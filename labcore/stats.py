@@ -1,6 +1,6 @@
 """Small, study-agnostic statistics: bootstrap CIs, a one-sided Mann-Whitney test, Cohen's d,
-and a "trained vs random baseline" comparison used to decide whether a metric shows a training
-signal at all.
+and a "treatment vs baseline" comparison (e.g. trained models vs random ones of the same shape)
+used to decide whether a metric exceeds its baseline at all.
 
 Conventions (so results from different studies read the same way):
 
@@ -202,38 +202,39 @@ def describe(
 
 
 def compare_groups(
-    trained: Sequence[float] | np.ndarray,
-    random: Sequence[float] | np.ndarray,
+    treatment: Sequence[float] | np.ndarray,
+    baseline: Sequence[float] | np.ndarray,
     alpha: float = 0.05,
 ) -> dict:
-    """Does a metric measured on trained models exceed its random baseline?
+    """Does a metric measured on the treatment group (e.g. trained models) exceed its baseline
+    (e.g. random models of the same shape)?
 
     Returns a dict with
-      trained, random : `describe` of each group
-      delta           : mean(trained) - mean(random)
-      ratio           : mean(trained) / mean(random)  (nan if mean(random) == 0 or undefined)
-      U, p            : one-sided Mann-Whitney U test, H1 trained > random
-      cohens_d        : (mean(trained) - mean(random)) / pooled SD
-      alpha           : the significance level used
-      conclusion      : "training_signal_present" iff delta > 0 and p < alpha,
-                        else "no_training_signal" (also when p or delta is nan).
+      treatment, baseline : `describe` of each group
+      delta               : mean(treatment) - mean(baseline)
+      ratio               : mean(treatment) / mean(baseline)  (nan if mean(baseline) == 0 or undefined)
+      U, p                : one-sided Mann-Whitney U test, H1 treatment > baseline
+      cohens_d            : (mean(treatment) - mean(baseline)) / pooled SD
+      alpha               : the significance level used
+      conclusion          : "training_signal_present" iff delta > 0 and p < alpha,
+                            else "no_training_signal" (also when p or delta is nan).
     """
-    t_arr, r_arr = _as_1d(trained, "trained"), _as_1d(random, "random")
-    t_desc, r_desc = describe(t_arr), describe(r_arr)
-    delta = t_desc["mean"] - r_desc["mean"]
-    # nan propagates through the division; only a zero random mean needs guarding.
-    ratio = t_desc["mean"] / r_desc["mean"] if r_desc["mean"] != 0 else NAN
-    u, p = mann_whitney_greater(t_arr, r_arr)
+    t_arr, b_arr = _as_1d(treatment, "treatment"), _as_1d(baseline, "baseline")
+    t_desc, b_desc = describe(t_arr), describe(b_arr)
+    delta = t_desc["mean"] - b_desc["mean"]
+    # nan propagates through the division; only a zero baseline mean needs guarding.
+    ratio = t_desc["mean"] / b_desc["mean"] if b_desc["mean"] != 0 else NAN
+    u, p = mann_whitney_greater(t_arr, b_arr)
     # Comparisons with nan are False, so undefined delta / p fall through to "no_training_signal".
     present = bool(delta > 0 and p < alpha)
     return dict(
-        trained=t_desc,
-        random=r_desc,
+        treatment=t_desc,
+        baseline=b_desc,
         delta=float(delta),
         ratio=float(ratio),
         U=u,
         p=p,
-        cohens_d=cohens_d(t_arr, r_arr),
+        cohens_d=cohens_d(t_arr, b_arr),
         alpha=alpha,
         conclusion="training_signal_present" if present else "no_training_signal",
     )

@@ -1,16 +1,24 @@
-"""Plain-text output a researcher reads at the end of a job."""
+"""Tables a researcher reads: the end-of-job console table, Markdown tables for reports, CSV files.
+
+One number format everywhere, so a value reads the same in the console, in summary.md and in a
+study's report: floats to 4 significant digits, nan as "nan", None as an empty cell, bools as
+yes/no.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+import csv
+import io
+import os
+from typing import Iterable, Sequence
 
 
 def format_value(v) -> str:
+    if isinstance(v, bool):   # before numbers: bool is an int
+        return "yes" if v else "no"
     if isinstance(v, float):
-        if v != v:
-            return "nan"
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return str(v)
+        return "nan" if v != v else f"{v:.4g}"
+    return "" if v is None else str(v)
 
 
 def table(rows: Iterable[tuple[str, object]], title: str = "") -> str:
@@ -25,3 +33,23 @@ def table(rows: Iterable[tuple[str, object]], title: str = "") -> str:
     out += [f"| {k:<{wk}} | {v:>{wv}} |" for k, v in rows]
     out.append(line)
     return "\n".join(out)
+
+
+def markdown_table(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    """A Markdown table of `columns` (a key a row lacks is an empty cell), without a trailing newline."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rows as CSV, written atomically; the columns are every key in order of first appearance."""
+    from labcore.artifacts import atomic_write_text
+    if not rows:
+        atomic_write_text(path, "")
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -15,6 +15,9 @@ dictionaries already score about sqrt(2 ln(2 F) / d) (the expected max of F half
 with variance 1/d), so PWMCC is only meaningful next to its matched random baseline
 (`random_dictionary` with the same d_sae and d_in).
 
+`mean_max_abs_cos` is the differentiable mean_i max_j C_ij that consistency regularisation
+pulls up (alignment of a decoder to a frozen reference).
+
 `matched_fraction` is the stricter one-to-one variant (Paulo & Belrose 2025 style): match latents
 by the Hungarian algorithm on -C and report the fraction of matched pairs with C > threshold.
 """
@@ -107,31 +110,58 @@ def _prepare_pair(a: TensorLike, b: TensorLike, layout: LayoutArg,
 # ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def max_abs_cos(
-    a_unit: torch.Tensor, b_unit: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column maxima of C = |A B^T| without materialising C.
+def _scan_abs_cos(
+    a_unit: torch.Tensor, b_unit: torch.Tensor, chunk_size: int, col_max: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row maxima, their argmax, and (if asked) column maxima of C = |A B^T|, in row chunks.
 
-    Inputs must already be unit rows on the same device (see `unit_directions`). Returns
-    (row_max [F_a], col_max [F_b]): row_max_i = max_j C_ij, col_max_j = max_i C_ij.
-
-    Peak extra memory is one [chunk_size, F_b] float32 block (plus its two reductions), e.g.
+    Peak extra memory is one [chunk_size, F_b] block (plus its reductions), e.g.
     1024 x 32768 x 4 B = 128 MiB, instead of F_a x F_b x 4 B (4 GiB for 32768^2).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n_a, n_b = a_unit.shape[0], b_unit.shape[0]
     row_max = torch.empty(n_a, dtype=a_unit.dtype, device=a_unit.device)
-    col_max = torch.zeros(n_b, dtype=a_unit.dtype, device=a_unit.device)  # |cos| >= 0
+    row_arg = torch.empty(n_a, dtype=torch.long, device=a_unit.device)
+    cols = torch.zeros(n_b, dtype=a_unit.dtype, device=a_unit.device) if col_max else None  # |cos| >= 0
     b_t = b_unit.T
     for start in range(0, n_a, chunk_size):
         block = a_unit[start:start + chunk_size] @ b_t   # fresh [chunk, F_b] buffer
         block.abs_()                                     # in place: no second buffer
-        row_max[start:start + block.shape[0]] = block.amax(dim=1)
-        torch.maximum(col_max, block.amax(dim=0), out=col_max)
+        stop = start + block.shape[0]
+        row_max[start:stop], row_arg[start:stop] = block.max(dim=1)
+        if cols is not None:
+            torch.maximum(cols, block.amax(dim=0), out=cols)
         del block  # free before the next matmul allocates, so only one block is ever alive
+    return row_max, row_arg, cols
+
+
+def max_abs_cos(
+    a_unit: torch.Tensor, b_unit: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column maxima of C = |A B^T| without materialising C (no gradient).
+
+    Inputs must already be unit rows on the same device (see `unit_directions`). Returns
+    (row_max [F_a], col_max [F_b]): row_max_i = max_j C_ij, col_max_j = max_i C_ij.
+    Memory: one [chunk_size, F_b] float32 block at a time.
+    """
+    row_max, _, col_max = _scan_abs_cos(a_unit, b_unit, chunk_size)
     # float32 rounding can give 1.0000001 for identical directions; |cos| <= 1 by definition.
     return row_max.clamp_(max=1.0), col_max.clamp_(max=1.0)
+
+
+def mean_max_abs_cos(a: torch.Tensor, b: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """mean_i max_j |cos(a_i, b_j)| over the rows of A [F_a, d] and B [F_b, d], differentiable.
+
+    The consistency-regularisation alignment of an SAE decoder A to a frozen reference decoder B
+    (and one half of PWMCC). The best match j*(i) is searched without autograd in row chunks, then
+    only the matched cosines are recomputed with gradients: the gradient of a max is the gradient
+    at its argmax, so this equals differentiating the full [F_a, F_b] cosine matrix while keeping
+    O(F_a * d) memory.
+    """
+    a_unit, b_unit = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    _, best, _ = _scan_abs_cos(a_unit.detach(), b_unit.detach(), chunk_size, col_max=False)
+    return (a_unit * b_unit[best]).sum(dim=1).abs().mean()
 
 
 def pwmcc(

@@ -129,28 +129,28 @@ def test_describe_n1_and_empty():
 # ---------------------------------------------------------------- compare_groups
 
 def test_compare_groups_signal_present():
-    trained = [0.62, 0.64, 0.61, 0.66, 0.63]
-    random = [0.30, 0.31, 0.29, 0.30, 0.32]
-    res = compare_groups(trained, random)
+    treatment = [0.62, 0.64, 0.61, 0.66, 0.63]
+    baseline = [0.30, 0.31, 0.29, 0.30, 0.32]
+    res = compare_groups(treatment, baseline)
     assert res["conclusion"] == "training_signal_present"
-    assert res["delta"] == pytest.approx(np.mean(trained) - np.mean(random))
-    assert res["ratio"] == pytest.approx(np.mean(trained) / np.mean(random))
+    assert res["delta"] == pytest.approx(np.mean(treatment) - np.mean(baseline))
+    assert res["ratio"] == pytest.approx(np.mean(treatment) / np.mean(baseline))
     assert res["p"] < 0.05 and res["U"] == 25.0
     assert res["cohens_d"] > 5
-    assert res["trained"]["n"] == 5 and res["random"]["n"] == 5
+    assert res["treatment"]["n"] == 5 and res["baseline"]["n"] == 5
 
 
 def test_compare_groups_no_signal_both_ways():
-    random = [0.30, 0.31, 0.29, 0.30, 0.32]
-    # trained below random: delta < 0 -> no signal, however "significant" the other direction is
-    below = compare_groups([0.10, 0.11, 0.12, 0.13, 0.14], random)
+    baseline = [0.30, 0.31, 0.29, 0.30, 0.32]
+    # treatment below baseline: delta < 0 -> no signal, however "significant" the other direction is
+    below = compare_groups([0.10, 0.11, 0.12, 0.13, 0.14], baseline)
     assert below["delta"] < 0 and below["conclusion"] == "no_training_signal"
     # delta > 0 but overlapping samples: p not small -> no signal
-    overlap = compare_groups([0.29, 0.33, 0.30, 0.31, 0.32], random)
+    overlap = compare_groups([0.29, 0.33, 0.30, 0.31, 0.32], baseline)
     assert overlap["delta"] > 0 and overlap["p"] >= 0.05
     assert overlap["conclusion"] == "no_training_signal"
     # delta > 0 and p < alpha, but a stricter alpha flips the conclusion
-    strict = compare_groups([0.62, 0.64, 0.61, 0.66, 0.63], random, alpha=0.001)
+    strict = compare_groups([0.62, 0.64, 0.61, 0.66, 0.63], baseline, alpha=0.001)
     assert strict["conclusion"] == "no_training_signal"
 
 

@@ -11,6 +11,7 @@ from sae_lab.consistency import (
     hungarian_match,
     matched_fraction,
     max_abs_cos,
+    mean_max_abs_cos,
     pairwise_pwmcc,
     pwmcc,
     random_dictionary,
@@ -199,3 +200,19 @@ def test_chunk_bounds_the_largest_buffer(monkeypatch):
     a, b = random_dictionary(1000, 16, seed=0), random_dictionary(3000, 16, seed=1)
     pwmcc(a, b, chunk_size=128)
     assert seen and max(s[0] for s in seen) == 128 and all(s[1] == 3000 for s in seen)
+
+
+# ---------------------------------------------------------------- differentiable alignment
+
+def test_mean_max_abs_cos_is_pwmccs_row_half_and_differentiable():
+    a = torch.randn(300, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = random_dictionary(200, 24, seed=1)
+    row_max, _ = max_abs_cos(unit_directions(a), unit_directions(b), chunk_size=64)
+    w = a.float().requires_grad_(True)
+    value = mean_max_abs_cos(w * 3.0, b, chunk_size=64)   # row norms do not matter
+    assert value.item() == pytest.approx(row_max.double().mean().item(), abs=1e-6)
+    value.backward()
+    dense_w = a.float().requires_grad_(True)
+    dense = (torch.nn.functional.normalize(dense_w, dim=1) @ b.T).abs().amax(dim=1).mean()
+    dense.backward()
+    assert torch.allclose(w.grad, dense_w.grad, atol=1e-6) and w.grad.abs().sum() > 0
