@@ -52,6 +52,18 @@ def _cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def test_cli_output_reads_well_in_a_log_file(tmp_path):
+    """stdout is a pipe here, as on SLURM: progress comes as lines, each message once, no tips."""
+    args = [o for o in tiny_cli_args(tmp_path / "cache") if "enable_progress_bar" not in o]
+    proc = _cli(args + [f"hydra.run.dir={tmp_path / 'run'}"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "\r" not in out
+    assert out.count("[train] step") >= 2 and "(100%)" in out       # base model and SAE fits
+    assert out.count("GPU available") == out.count("`Trainer.fit` stopped") == 2
+    assert "Tip:" not in out and "LeafSpec" not in out
+
+
 def test_cli_help_and_cfg_are_fast():
     t = time.time()
     out = subprocess.run([sys.executable, "-m", "sae_lab.train", "--cfg", "job", "sae.k=8"], cwd=REPO,

@@ -1,0 +1,42 @@
+"""Every primary config composes with every experiment overlay of its line, and each composition
+runs end to end on a shrunken config (lightning-hydra-template's test_sweeps pattern)."""
+
+from pathlib import Path
+
+import pytest
+
+from labcore import run
+from labcore.paths import CONFIG_DIR, compose
+from tests.conftest import TINY
+
+# How to shrink each line's jobs to seconds. A new line must add its entry here.
+SHRINK = {"sae_lab": TINY}
+
+LINES = sorted(d.name for d in Path(CONFIG_DIR).iterdir() if (d / f"{d.name}.yaml").exists())
+CASES = [(line, None) for line in LINES] + [
+    (line, p.stem) for line in LINES for p in sorted((Path(CONFIG_DIR) / line / "experiment").glob("*.yaml"))]
+
+
+def test_every_line_has_a_primary_config_and_a_shrunken_form():
+    assert "sae_lab" in LINES
+    assert set(LINES) <= set(SHRINK), f"add a shrunken config for {set(LINES) - set(SHRINK)} to SHRINK"
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_experiments_belong_to_their_line(line):
+    """A line's studies are found under its own primary config only."""
+    from hydra.errors import MissingConfigException
+    for other in LINES:
+        for study in (Path(CONFIG_DIR) / other / "experiment").glob("*.yaml"):
+            if other != line and not (Path(CONFIG_DIR) / line / "experiment" / study.name).exists():
+                with pytest.raises(MissingConfigException):
+                    compose(line, [f"experiment={study.stem}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line, experiment", CASES, ids=[f"{l}-{e or 'default'}" for l, e in CASES])
+def test_composes_and_runs_shrunken(line, experiment, tmp_path, cache_dir):
+    overrides = [*SHRINK[line], f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
+    cfg = compose(line, ([f"experiment={experiment}"] if experiment else []) + overrides)
+    metrics = run(cfg)
+    assert metrics and (tmp_path / "metrics.json").exists()
