@@ -2,24 +2,21 @@
 
 Lightning fits it until validation accuracy reaches `base_model.target_val_acc` (early stop on the
 threshold) or `base_model.max_epochs` runs out. The cache entry holds `model.safetensors` and
-`config.json`; every SAE job of a sweep reuses it.
+`config.json` (`labcore.models.gpt.save_gpt`); every SAE job of a sweep reuses it.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from labcore.data import batch_loader
 from labcore.fit import build_trainer
-from labcore.models.gpt import GPT, GPTConfig
+from labcore.models.gpt import GPT, save_gpt
 from labcore.datasets.modular_addition import ModularAddition
 
 
@@ -78,22 +75,5 @@ def train_base_model(build_model: Callable[[], GPT], data: ModularAddition, base
     summary = {"epochs": trainer.current_epoch, "steps": trainer.global_step,
                "val_acc": float(trainer.callback_metrics.get("base/val_acc", float("nan"))),
                "val_loss": float(trainer.callback_metrics.get("base/val_loss", float("nan")))}
-    save_base_model(model.cpu(), out_dir, summary)
+    save_gpt(model, out_dir, summary)
     return summary
-
-
-def save_base_model(model: GPT, out_dir: Path, summary: dict | None = None) -> None:
-    out_dir = Path(out_dir)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
-    (out_dir / "config.json").write_text(json.dumps({"model": asdict(model.cfg), "train": summary or {}}, indent=2))
-
-
-def load_base_model(path: str | Path) -> tuple[GPT, dict]:
-    path = Path(path)
-    for name in ("model.safetensors", "config.json"):
-        if not (path / name).exists():
-            raise FileNotFoundError(f"base model checkpoint {path} has no {name}")
-    meta = json.loads((path / "config.json").read_text())
-    model = GPT(GPTConfig(**meta["model"]))
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    return model.eval(), meta.get("train", {})

@@ -99,7 +99,8 @@ class SAETrainTask(TrainingTask):
         from labcore.activations import check_finite, extract
         from labcore.artifacts import sha256_file
         from labcore.store import cached, load_array, save_array
-        from sae_lab.base_model import load_base_model, train_base_model
+        from labcore.models.gpt import load_gpt
+        from sae_lab.base_model import train_base_model
 
         cfg = self.cfg
         cache_dir = Path(get(cfg, "paths.cache_dir"))
@@ -110,7 +111,7 @@ class SAETrainTask(TrainingTask):
                         "train": {k: v for k, v in OmegaConf.to_container(cfg.base_model).items() if k != "checkpoint"}}
             base_dir = cached(cache_dir, "base_models", base_key,
                               lambda tmp: train_base_model(self.build_model, self.data, cfg.base_model, cfg.trainer, tmp))
-        self.base_model, self.base_info = load_base_model(base_dir)
+        self.base_model, self.base_info = load_gpt(base_dir)
         base_sha = sha256_file(base_dir / "model.safetensors")
         self.manifest.add_input("base_model", base_sha)
         self.model_name = f"gpt_modular_p{self.data.p}-{base_sha[:10]}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,3 +154,32 @@ class GPT(HookedModel):
         for block in self.blocks:
             x = block(x)
         return self.unembed(self.ln_f(x))
+
+
+def save_gpt(model: GPT, directory: str | Path, info: dict | None = None) -> Path:
+    """Write `model.safetensors` + `config.json` (the GPTConfig and `info`, e.g. how it was trained).
+    Atomic per file: a killed save leaves no half-written file that loads."""
+    from safetensors.torch import save_file
+
+    from labcore.artifacts import atomic_path, atomic_write_json
+    directory = Path(directory)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    atomic_write_json(directory / "config.json", {"model": model.cfg.to_dict(), "info": info or {}})
+    return directory
+
+
+def load_gpt(directory: str | Path) -> tuple[GPT, dict]:
+    """(model in eval mode, info) from a directory written by `save_gpt`."""
+    import json
+
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    for name in ("model.safetensors", "config.json"):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory} is not a saved GPT: it has no {name}")
+    meta = json.loads((directory / "config.json").read_text())
+    model = GPT(GPTConfig(**meta["model"]))
+    model.load_state_dict(load_file(directory / "model.safetensors"))
+    return model.eval(), meta.get("info", meta.get("train", {}))
+
