@@ -73,8 +73,50 @@ def wandb_summary_run(project: str, sweep_dir: str | os.PathLike, save_dir: str 
 
 def report_to_loggers(loggers: list, config: dict, metrics: dict[str, float], figures: list) -> None:
     """Give every experiment logger what a dashboard needs to group, filter and compare runs: the
-    resolved config as hyperparameters, the final metrics as the run's summary, figures as images."""
+    resolved config as hyperparameters, the final metrics as the run's summary, figures as images.
+
+    The job's last use of its loggers (a trainer, if any, has already finalized them), so each is
+    finalized here: an analysis-only job has no trainer to flush and close them.
+    """
+    if not loggers:
+        return  # no Lightning import for an analysis-only job that logs nowhere
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
     for logger in loggers:
-        logger.log_hyperparams(config)
-        logger.log_metrics(metrics)
-        logger.save()
+        if isinstance(logger, WandbLogger):
+            _report_wandb(logger, config, metrics, figures)
+        elif isinstance(logger, TensorBoardLogger):
+            _report_tensorboard(logger, config, metrics, figures)
+        elif isinstance(logger, CSVLogger):
+            # Config only: a final-metrics row would be step len(buffer) (0 after a flush) and add a
+            # column per metric to every per-step row of metrics.csv; metrics.json holds them.
+            logger.log_hyperparams(config)
+        else:
+            logger.log_hyperparams(config)
+            logger.log_metrics(metrics)
+        logger.finalize("success")
+
+
+def _report_wandb(logger, config: dict, metrics: dict[str, float], figures: list) -> None:
+    import wandb as _wandb
+    # Lightning passes the nested dict as is: W&B keeps it nested and filters/groups by `sae.k`.
+    logger.log_hyperparams(config)
+    if figures:
+        logger.experiment.log({f"figures/{Path(p).stem}": _wandb.Image(str(p)) for p in figures})
+    # The summary is what the runs table shows and groups; logging the metrics would add a history step.
+    logger.experiment.summary.update(metrics)
+
+
+def _report_tensorboard(logger, config: dict, metrics: dict[str, float], figures: list) -> None:
+    import numpy as np
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+    from PIL import Image
+    # The HParams plugin pairs the (flattened) config with these metrics, logged as scalars at step 0.
+    # TensorBoard shows the first hparams a run wrote. A trainer writes some only for a module that
+    # calls save_hyperparameters (none does); such a line needs `default_hp_metric: false` on the
+    # logger, or the trainer's hparams with hp_metric=-1 are what the HParams tab shows.
+    logger.log_hyperparams(config, metrics)
+    for p in figures:
+        image = np.asarray(Image.open(p).convert("RGB"))
+        logger.experiment.add_image(f"figures/{Path(p).stem}", image, 0, dataformats="HWC")
+    # The logger writes hparams.yaml only if absent, and a trainer already wrote its own (empty) one.
+    save_hparams_to_yaml(Path(logger.log_dir) / "hparams.yaml", logger.hparams)
