@@ -3,10 +3,14 @@
 Reads every job directory of a Hydra multirun (`labcore.sweep`), groups jobs by all overrides
 except `seed`, and per group reports reconstruction metrics and seed consistency
 (`sae_lab.group_statistics`): PWMCC between every pair of trained SAEs vs the same number of random
-dictionaries of identical shape (seeds 1000+i), with bootstrap CIs, a one-sided Mann-Whitney test,
-Cohen's d and the rule "training_signal_present" iff delta > 0 and p < 0.05. Jobs that failed,
-never finished, or left a corrupt or partial metrics.json are named in the report; the rest are
-still aggregated.
+dictionaries of identical shape (seeds 1000+i), with the seed as the unit: bootstrap CIs over
+seeds, a one-sided permutation test over seed labels, Cohen's d of per-seed means, and the
+conclusion `insufficient_seeds` / `training_signal_present` / `no_training_signal`.
+
+No job is left out without a word: jobs that failed, never finished, or left a corrupt or partial
+metrics.json are named; so are jobs the sweep launched (multirun.yaml) that never started, and
+finished jobs excluded as duplicates of a seed (`labcore.sweep.DUPLICATE_RULE`). The rest are
+aggregated.
 
 Writes into `<sweep_dir>/aggregate/` (or --out): summary.csv, summary.md, pairwise_<group>.csv,
 jobs.csv (`sae_lab.sweep_report`) and figures/ (`sae_lab.sweep_figures`). Also runs at the end of
@@ -26,8 +30,9 @@ REQUIRED_METRICS = ("explained_variance", "l0", "mse")
 def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, matching: bool = True,
               n_resamples: int = 10_000, wandb_project: str | None = None, log=print) -> dict:
     """Aggregate a sweep directory; returns {"rows": [...], "pairs": {group: {(seed_a, seed_b): pwmcc}},
-    "problems": [(path, status, problem)], "out_dir": ...}."""
-    from labcore.sweep import find_jobs, group_jobs
+    "problems": [(path, status, problem)] (jobs without a usable result, never-started ones included),
+    "duplicates": [(excluded path, kept path)], "out_dir": ...}."""
+    from labcore.sweep import find_jobs, group_jobs, sweep_plan
     from sae_lab.group_statistics import summarise_group
     from sae_lab.sweep_figures import sweep_figures
     from sae_lab.sweep_report import write_sweep_summary
@@ -41,21 +46,22 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, matching
         raise FileNotFoundError(f"no job directories (with .hydra/ or manifest.json) under {sweep_dir}")
     rows, pairs = [], {}
     for name, members in group_jobs(jobs).items():
-        row, trained, random = summarise_group(name, members, matching=matching, n_resamples=n_resamples)
+        row, pairs[name] = summarise_group(name, members, matching=matching, n_resamples=n_resamples)
         rows.append(row)
-        pairs[name] = (trained, random)
-    md = write_sweep_summary(out, sweep_dir, rows, jobs, pairs)
+    md = write_sweep_summary(out, sweep_dir, rows, jobs, pairs, plan=sweep_plan(sweep_dir))
     figures = sweep_figures(rows, jobs, out / "figures")
-    problems = [j for j in jobs if not j.ok]
-    for j in problems:
-        log(f"[aggregate] {j.status}: {j.path} ({j.problem})")
+    for j in jobs:
+        if not j.ok:   # duplicates too: their problem names the job counted instead
+            log(f"[aggregate] {j.status}: {j.path} ({j.problem})")
+    problems = [j for j in jobs if not j.ok and j.status != "duplicate"]
     log(md)
     log(f"[aggregate] wrote {out}")
     if wandb_project:
         from labcore.loggers import wandb_summary_run
         wandb_summary_run(wandb_project, sweep_dir, out, rows, figures)
-    return {"rows": rows, "pairs": {g: {(a, b): p for a, b, p in trained} for g, (trained, _) in pairs.items()},
-            "problems": [(str(j.path), j.status, j.problem) for j in problems], "out_dir": out}
+    return {"rows": rows, "pairs": {g: {(a, b): p for a, b, p in sets["trained"]} for g, sets in pairs.items()},
+            "problems": [(str(j.path), j.status, j.problem) for j in problems],
+            "duplicates": [(str(j.path), str(j.duplicate_of)) for j in jobs if j.status == "duplicate"], "out_dir": out}
 
 
 def main(argv: list[str] | None = None) -> int:

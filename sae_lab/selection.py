@@ -2,8 +2,9 @@
 `sae_lab.aggregate.aggregate` returns them).
 
 * A group is ranked by (trained PWMCC CI low - random PWMCC CI high, then PWMCC delta, then mean
-  EV), larger first; the first element is the margin by which the trained pairs' 95% CI clears the
-  random band. A later key only decides when the earlier ones are exactly equal.
+  EV), larger first; the first element is the margin by which the trained PWMCC's 95% CI clears the
+  random band (both CIs bootstrap over seeds, `labcore.stats.pairwise_bootstrap_ci`). A later key
+  only decides when the earlier ones are exactly equal.
 * adaptive_l0: only k with mean EV >= 0.20 compete; remaining exact ties go to the smaller k.
 * consistency_reg: only lambda whose mean EV is at most 0.05 below lambda 0's compete (lambda 0
   itself always does, so "no regularisation" can win); then mean alignment to the reference breaks
@@ -55,7 +56,7 @@ def _rank(rows: list[dict], why_not: Callable[[dict], str], key: Callable[[dict]
     for row in rows:
         reason = why_not(row)
         if not reason and not all(math.isfinite(v) for v in ranking_key(row)):
-            reason = "no PWMCC CI (fewer than 3 finished seeds: one seed pair has no CI)"
+            reason = "no PWMCC CI (fewer than 3 finished seeds: the bootstrap over seeds needs 3)"
         table.append({**row, "margin": margin(row), "eligible": not reason, "excluded_because": reason, "rank": None})
     ranked = sorted((c for c in table if c["eligible"]), key=key, reverse=True)
     for i, c in enumerate(ranked, 1):

@@ -13,13 +13,13 @@ from labcore.tables import format_value, markdown_table
 from sae_lab.selection import margin, number
 
 SEARCH_COLS = ["group", "k", "n_ok", "explained_variance_mean", "l0_mean", "pwmcc_trained_mean",
-               "pwmcc_trained_ci_low", "pwmcc_random_ci_high", "margin", "pwmcc_delta", "p_value",
+               "pwmcc_trained_ci_low", "pwmcc_random_ci_high", "margin", "pwmcc_delta", "p_value", "conclusion",
                "eligible", "excluded_because", "rank"]
 
 LAMBDA_COLS = ["group", "consistency_lambda", "n_ok", "explained_variance_mean", "ev_drop", "pwmcc_trained_mean",
                "pwmcc_trained_ci_low", "pwmcc_random_ci_high", "margin", "margin_gain", "pwmcc_delta",
                "gain_vs_lambda0", "gain_ci_low", "gain_ci_high", "reference_alignment_mean", "p_value",
-               "cohens_d", "eligible", "excluded_because", "rank"]
+               "cohens_d", "conclusion", "eligible", "excluded_because", "rank"]
 
 
 # ---- sentences ---------------------------------------------------------------------------------
@@ -33,10 +33,11 @@ def ci(row: dict, prefix: str) -> str:
 def versus_random(row: dict) -> str:
     """One sentence: trained PWMCC vs its matched random baseline, with CIs, p, d and conclusion."""
     return (f"trained PWMCC {ci(row, 'pwmcc_trained')} vs random {ci(row, 'pwmcc_random')} "
-            f"(95% bootstrap CIs; {format_value(row.get('n_ok'))} seeds), delta {format_value(number(row, 'pwmcc_delta'))}, "
-            f"ratio {format_value(number(row, 'pwmcc_ratio'))}, one-sided Mann-Whitney p = "
-            f"{format_value(number(row, 'p_value'))}, Cohen's d = {format_value(number(row, 'cohens_d'))}: "
-            f"**{row.get('conclusion')}**")
+            f"(95% bootstrap CIs over seeds; {format_value(row.get('n_ok'))} seeds), "
+            f"delta {format_value(number(row, 'pwmcc_delta'))}, ratio {format_value(number(row, 'pwmcc_ratio'))}, "
+            f"one-sided permutation test over seed labels p = {format_value(number(row, 'p_value'))} "
+            f"(smallest attainable {format_value(number(row, 'p_min'))}), Cohen's d of per-seed means = "
+            f"{format_value(number(row, 'cohens_d'))}: **{row.get('conclusion')}**")
 
 
 def seed_overlap(search_row: dict, retrain_row: dict) -> str:
@@ -59,17 +60,26 @@ def searched(selection: dict, key: str) -> list[float]:
     return [number(c, key) for c in selection["candidates"]]
 
 
+def agreement(row: dict) -> str:
+    """What the retrain's test says about agreement beyond random, in words."""
+    verdict = row.get("conclusion")
+    if verdict == "training_signal_present":
+        return "agree more than random dictionaries of the same shape"
+    if verdict == "insufficient_seeds":
+        return (f"cannot be tested against random dictionaries: with this many seeds no outcome reaches p < 0.05 "
+                f"(smallest attainable p {format_value(number(row, 'p_min'))}); more seeds would tell")
+    return "do **not** agree significantly more than random dictionaries of the same shape"
+
+
 def adaptive_l0_conclusion(k: int, winner: dict, row: dict) -> str:
-    held = row.get("conclusion") == "training_signal_present"
     return (f"The search selects k = {k} (search: margin {format_value(number(winner, 'margin'))}, "
             f"delta {format_value(number(winner, 'pwmcc_delta'))}, "
             f"EV {format_value(number(winner, 'explained_variance_mean'))}). "
             f"Retrained on {format_value(row.get('n_ok'))} seeds ({seed_overlap(winner, row)}), its decoders "
-            + ("agree more than random dictionaries of the same shape" if held else
-               "do **not** agree significantly more than random dictionaries of the same shape")
+            + agreement(row)
             + f" (margin {format_value(margin(row))}: the trained 95% CI "
             + ("clears" if margin(row) > 0 else "overlaps") + " the random band). "
-            "CIs treat the seed pairs as independent, although pairs share seeds, so they are somewhat narrow.")
+            "The seed is the unit of the test and of the CIs (pairs share seeds, so they are not resampled).")
 
 
 def consistency_conclusion(w: dict, baseline: dict) -> str:

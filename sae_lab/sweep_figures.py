@@ -9,7 +9,7 @@ from labcore.sweep import Job
 
 
 def pwmcc_vs_parameter(rows: list[dict], param: str, path: Path) -> Path | None:
-    """Trained PWMCC (95% CI bars) and the random band against `param` ("k" or "d_sae"); None unless
+    """Trained PWMCC (95% CI over seeds as bars) and the random band against `param` ("k" or "d_sae"); None unless
     the sweep varies `param` alone, the only case in which the curve means something."""
     from labcore.plotting import save_figure, subplots
     pts = [r for r in rows if r.get("pwmcc_trained_mean") is not None and r.get(param) is not None]
@@ -22,9 +22,9 @@ def pwmcc_vs_parameter(rows: list[dict], param: str, path: Path) -> Path | None:
     t = [r["pwmcc_trained_mean"] for r in pts]
     ax.errorbar(x, t, yerr=[[m - r["pwmcc_trained_ci_low"] for m, r in zip(t, pts)],
                             [r["pwmcc_trained_ci_high"] - m for m, r in zip(t, pts)]],
-                fmt="o-", capsize=3, label="trained (95% CI)")
+                fmt="o-", capsize=3, label="trained (95% CI over seeds)")
     ax.fill_between(x, [r["pwmcc_random_ci_low"] for r in pts], [r["pwmcc_random_ci_high"] for r in pts],
-                    alpha=0.3, color="gray", label="random baseline (95% CI)")
+                    alpha=0.3, color="gray", label="random baseline (95% CI over seeds)")
     ax.plot(x, [r["pwmcc_random_mean"] for r in pts], color="gray", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(param)

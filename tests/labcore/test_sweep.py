@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from labcore.sweep import find_jobs, group_jobs, read_job, sweep_complete
+from labcore.sweep import DUPLICATE_RULE, find_jobs, group_jobs, read_job, sweep_complete, sweep_plan
 
 REQUIRED = ("loss", "accuracy")
 
 
-def job(root, name, overrides, metrics=None, manifest_status="completed", error=None, config=None):
+def job(root, name, overrides, metrics=None, manifest_status="completed", error=None, config=None, **manifest_keys):
     """A job as labcore.run leaves it: manifest.json, and metrics.json when given (text or dict)."""
     d = root / name
     d.mkdir(parents=True)
-    manifest = {"status": manifest_status, "overrides": overrides, "config": config or {}}
+    manifest = {"status": manifest_status, "overrides": overrides, "config": config or {}, **manifest_keys}
     if error:
         manifest["error"] = error
     (d / "manifest.json").write_text(json.dumps(manifest))
@@ -101,6 +101,79 @@ def test_an_unreadable_overrides_file_is_a_corrupt_job(tmp_path, text):
     (d / "overrides.yaml").write_text(text)
     (j,) = find_jobs(tmp_path)
     assert j.status == "corrupt" and "overrides.yaml" in j.problem
+
+
+def multirun_yaml(root, task, params=None, sweeper="hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  subdir="${hydra.job.num}"):
+    """The part of the multirun.yaml Hydra saves before launching that says which jobs it launches."""
+    from omegaconf import OmegaConf
+    root.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save({"hydra": {"sweep": {"dir": "/elsewhere", "subdir": subdir},
+                              "sweeper": {"_target_": sweeper, "max_batch_size": None, "params": params or {}},
+                              "overrides": {"hydra": ["hydra.sweep.dir=/elsewhere"], "task": task}},
+                    "seed": 0}, root / "multirun.yaml")
+
+
+def test_the_plan_is_hydras_expansion_of_params_and_task_overrides(tmp_path):
+    # sweeper params come first, then the command line; the last override varies fastest; a key
+    # given twice keeps its first place and its last value (BasicSweeper.split_arguments)
+    multirun_yaml(tmp_path, ["lr=0.1,0.2", "width=8", "seed=0,1"], params={"seed": "42,123", "+depth": "2"})
+    plan = sweep_plan(tmp_path)
+    assert [(e.num, e.overrides) for e in plan.jobs] == [
+        (0, ["seed=0", "+depth=2", "lr=0.1", "width=8"]), (1, ["seed=0", "+depth=2", "lr=0.2", "width=8"]),
+        (2, ["seed=1", "+depth=2", "lr=0.1", "width=8"]), (3, ["seed=1", "+depth=2", "lr=0.2", "width=8"])]
+    assert [e.path for e in plan.jobs] == [tmp_path / str(i) for i in range(4)]
+    assert "lists 4 jobs" in plan.note
+
+
+def test_a_plan_cannot_be_known_without_multirun_yaml_or_with_another_sweeper(tmp_path):
+    assert sweep_plan(tmp_path).jobs is None and "no multirun.yaml" in sweep_plan(tmp_path).note
+    multirun_yaml(tmp_path, ["lr=0.1,0.2"], sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert sweep_plan(tmp_path).jobs is None and "as it runs" in sweep_plan(tmp_path).note
+    (tmp_path / "multirun.yaml").write_text("hydra: [unclosed\n")
+    assert sweep_plan(tmp_path).jobs is None and "cannot be expanded" in sweep_plan(tmp_path).note
+
+
+def test_jobs_launched_but_never_started_are_listed(tmp_path):
+    multirun_yaml(tmp_path, ["lr=0.1,0.2", "seed=0,1"])
+    job(tmp_path, "0", ["lr=0.1", "seed=0"], GOOD)
+    job(tmp_path, "3", ["lr=0.2", "seed=1"], manifest_status="failed")     # started: already reported as failed
+    assert not sweep_complete(tmp_path, REQUIRED)
+    jobs = find_jobs(tmp_path, REQUIRED)
+    assert sorted((j.path.name, j.status) for j in jobs) == [
+        ("0", "ok"), ("1", "not_started"), ("2", "not_started"), ("3", "failed")]
+    never = {j.path.name: j for j in jobs if j.status == "not_started"}
+    assert never["1"].overrides == ["lr=0.1", "seed=1"] and never["1"].seed == "1"
+    assert "launched as job 1 of 4" in never["1"].problem and never["2"].group == "lr=0.2"
+    # once every launched job has finished, the sweep is complete
+    (tmp_path / "3" / "metrics.json").write_text(json.dumps(GOOD))
+    job(tmp_path, "1", ["lr=0.1", "seed=1"], GOOD)
+    job(tmp_path, "2", ["lr=0.2", "seed=0"], GOOD)
+    assert sweep_complete(tmp_path, REQUIRED)
+
+
+def test_two_finished_jobs_of_one_seed_are_settled_by_finish_time(tmp_path):
+    # logger does not change what a job computes, so both runs of seed 0 fall in one group
+    job(tmp_path, "0", ["lr=0.1", "logger=csv", "seed=0"], GOOD, started_at="2025-01-01T10:00:00+0000",
+        wall_time_s=600.0)
+    job(tmp_path, "1", ["lr=0.1", "logger=wandb", "seed=0"], GOOD, started_at="2025-01-01T10:05:00+0000",
+        wall_time_s=60.0)   # started later, finished earlier (10:06 vs 10:10)
+    job(tmp_path, "2", ["lr=0.1", "logger=csv", "seed=1"], GOOD)
+    jobs = {j.path.name: j for j in find_jobs(tmp_path, REQUIRED)}
+    assert len({j.group for j in jobs.values()}) == 1
+    assert [jobs[n].status for n in "012"] == ["ok", "duplicate", "ok"]
+    assert jobs["1"].duplicate_of == tmp_path / "0" and str(tmp_path / "0") in jobs["1"].problem
+    assert "excluded from statistics" in jobs["1"].problem and "finished last" in DUPLICATE_RULE
+    assert sweep_complete(tmp_path, REQUIRED)    # a settled duplicate is a finished job
+
+
+def test_without_times_in_the_manifest_the_later_metrics_file_counts(tmp_path):
+    import os
+    for name in ("a", "b"):
+        job(tmp_path, name, ["seed=3"], GOOD)
+    os.utime(tmp_path / "b" / "metrics.json", (1_000, 1_000))    # b finished long before a
+    jobs = {j.path.name: j for j in find_jobs(tmp_path, REQUIRED)}
+    assert (jobs["a"].status, jobs["b"].status) == ("ok", "duplicate") and jobs["b"].duplicate_of == tmp_path / "a"
 
 
 CALLS = []

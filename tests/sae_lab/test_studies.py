@@ -17,7 +17,7 @@ from sae_lab.sae import build_sae
 from sae_lab.saelens_io import save_sae
 from sae_lab.selection import ranking_key, select_adaptive_l0, select_consistency
 from sae_lab.studies import main
-from sae_lab.study_report import edge_note
+from sae_lab.study_report import adaptive_l0_conclusion, edge_note, versus_random
 from tests.conftest import REPO, TINY
 
 
@@ -96,6 +96,18 @@ def test_a_winner_at_the_edge_of_the_grid_is_flagged():
     assert "smallest value searched" in edge_note("k", 4, [4, 8, 64])
     assert "largest value searched" in edge_note("lambda", 2e-3, [0, 1e-3, 2e-3])
     assert edge_note("k", 8, [4, 8, 64]) == ""
+
+
+def test_reports_name_the_seed_level_test_and_an_untestable_retrain():
+    retrain = {**row(k=8, ci_low=0.50), "n_ok": 3, "seeds": "5 6 7", "pwmcc_trained_mean": 0.55,
+               "pwmcc_trained_ci_high": 0.6, "pwmcc_random_mean": 0.25, "pwmcc_random_ci_low": 0.24,
+               "p_value": 0.05, "p_min": 0.05, "cohens_d": 9.0, "conclusion": "insufficient_seeds"}
+    sentence = versus_random(retrain)
+    assert "permutation test over seed labels p = 0.05 (smallest attainable 0.05)" in sentence
+    assert "bootstrap CIs over seeds" in sentence and "**insufficient_seeds**" in sentence
+    text = adaptive_l0_conclusion(8, {**row(k=8), "seeds": "0 1 2"}, retrain)
+    assert "cannot be tested against random dictionaries" in text and "do **not** agree" not in text
+    assert "do **not** agree" in adaptive_l0_conclusion(8, row(k=8), {**retrain, "conclusion": "no_training_signal"})
 
 
 # ---- the consistency loss term ---------------------------------------------------------------
@@ -207,7 +219,10 @@ def test_adaptive_l0_study_end_to_end(tmp_path, cache_dir):
     with open(tmp_path / "search" / "aggregate" / "summary.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
     summary = (tmp_path / "summary.md").read_text()
-    assert f"## Retrain of k = {k}" in summary and "## Conclusion" in summary and "Mann-Whitney" in summary
+    assert f"## Retrain of k = {k}" in summary and "## Conclusion" in summary
+    # 3 retrain seeds: the seed-level test cannot reach p < 0.05, and the summary says so
+    assert "permutation test over seed labels" in summary and selection["retrain"]["conclusion"] == "insufficient_seeds"
+    assert "cannot be tested against random dictionaries" in summary
     assert (tmp_path / "search.log").exists() and (tmp_path / "retrain.log").exists()
 
 
