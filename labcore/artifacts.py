@@ -52,7 +52,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def _json_default(obj: Any):
+def json_default(obj: Any):
+    """`json.dumps(default=...)` for numpy/torch scalars and paths."""
     if hasattr(obj, "item"):           # numpy / torch scalars
         return obj.item()
     if isinstance(obj, Path):
@@ -72,7 +73,7 @@ def _finite(obj: Any):
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -84,7 +85,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=json_default).encode()).hexdigest()
 
 
 def git_sha(cwd: str | os.PathLike | None = None) -> str | None:

@@ -3,16 +3,25 @@ logger. Imported only by jobs that train, so analysis-only jobs never pay Lightn
 
 from __future__ import annotations
 
+import random
+import signal
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from labcore.output import ProgressLines, is_terminal, quiet_third_party
+from labcore.signals import Interruptions, JobInterrupted
 from labcore.steplog import StepLog
+from labcore.task import resume_checkpoint
 
 
 class StepLogger(Logger):
@@ -101,19 +110,97 @@ class LineProgressBar(ProgressBar):
             self._lines.update(trainer.global_step, self._metrics(trainer, pl_module), force=True)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint, whoever writes it, goes to a temporary file renamed over the target: a
+    job killed mid-write (or on a full disk) keeps its previous good checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from labcore.artifacts import atomic_path
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class RandomState(Callback):
+    """Python, numpy and torch RNG states in every checkpoint, restored on resume: dropout, random
+    batches and anything else drawn after a resume continue exactly where they were."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain lists and tensors: Lightning loads checkpoints with torch.load(weights_only=True)
+        checkpoint["rng_states"] = {"python": random.getstate(),
+                                    "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+                                    "torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        random.setstate(states["python"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeCheckpoint(Callback):
+    """`<output>/checkpoints/last.ckpt`, the whole training state, written every `every_n_steps`
+    steps and every `every_minutes` minutes, at the end of training, and when the job is asked to
+    stop (SIGTERM/SIGINT, recorded by `labcore.signals`).
+
+    Saves happen at the end of a training step, where the state is consistent. After a save for a
+    signal the job stops at the next hook (`JobInterrupted`), once Lightning has logged the step,
+    so the step log holds every step the checkpoint holds.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None, every_minutes: float | None,
+                 interruptions: Interruptions | None = None):
+        self.path = Path(path)
+        self.every_n_steps, self.every_s = every_n_steps, every_minutes * 60 if every_minutes else None
+        self.interruptions = interruptions
+        self._last = time.monotonic()
+        self._saved_for_signal = False
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._last = time.monotonic()
+
+    def _stop_if_saved_for_signal(self, *args) -> None:
+        if self._saved_for_signal:
+            self.interruptions.raise_if_pending()
+
+    on_train_batch_start = on_validation_start = on_train_epoch_end = _stop_if_saved_for_signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.interruptions is not None and self.interruptions.pending is not None:
+            self.save(trainer)
+            self._saved_for_signal = True
+            return
+        due_steps = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
+        due_time = self.every_s and time.monotonic() - self._last >= self.every_s
+        if due_steps or due_time:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+
 def build_trainer(trainer_cfg: DictConfig, output_dir: Path, loggers: Sequence[Logger] = (),
                   callbacks: Sequence[Callback] = (), **overrides) -> L.Trainer:
     """The trainer of a `trainer/` config node (keys in `overrides` win) with these loggers and callbacks.
 
-    Every fit of every line goes through here (SAEs, base models, nanodesmo), so cluster handling
-    lives in one place: inside SLURM, submitit owns requeueing (SIGUSR2) and Lightning's own
-    SIGUSR1 auto-requeue is turned off.
+    Every fit of every line goes through here (SAEs, base models, nanodesmo), so what every fit
+    needs lives in one place: atomic checkpoint writes, progress lines in log files, and inside
+    SLURM, submitit owning requeueing (SIGUSR2) with Lightning's own SIGUSR1 auto-requeue off.
     """
     from hydra.utils import instantiate
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     quiet_third_party()
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     callbacks = list(callbacks)
     if overrides.get("enable_progress_bar", trainer_cfg.get("enable_progress_bar", True)) and not is_terminal():
         callbacks.append(LineProgressBar())  # a log file gets lines, not a bar redrawn per step
@@ -121,15 +208,31 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: Path, loggers: Sequence[L
                                        "plugins": plugins, "default_root_dir": str(output_dir), **overrides})
 
 
-def fit(task, cfg: DictConfig, output_dir: Path, loggers: Sequence[Logger]) -> None:
-    """Fit the task's module; afterwards `task.trainer/module/datamodule` are set for `analyse()`."""
+def fit(task, cfg: DictConfig, output_dir: Path, loggers: Sequence[Logger],
+        interruptions: Interruptions | None = None) -> None:
+    """Fit the task's module, resuming from `<output>/checkpoints/last.ckpt` when it exists (or from
+    `ckpt_path`); afterwards `task.trainer/module/datamodule` are set for `analyse()`."""
     from hydra.utils import instantiate
 
     step_logger = StepLogger(task.step_log_path)
     module, datamodule = task.build()
-    callbacks = [StepLogPosition(step_logger), *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c)]
+    every = cfg.get("checkpoint") or {}
+    last = ResumeCheckpoint(resume_checkpoint(output_dir), every.get("every_n_steps"), every.get("every_minutes"),
+                            interruptions)
+    callbacks = [StepLogPosition(step_logger), RandomState(), last,
+                 *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c)]
     trainer = build_trainer(cfg.trainer, output_dir, [step_logger, *loggers], callbacks)
     task.trainer, task.module, task.datamodule = trainer, module, datamodule
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = cfg.get("ckpt_path") or (last.path if cfg.get("resume", True) and last.path.exists() else None)
+    if ckpt_path:
+        print(f"[resume] continuing from {ckpt_path}", flush=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:
+        # Lightning's own SIGTERM handling ends the fit with exit status 0 at the step's end (after
+        # our checkpoint was written); report it as the interruption it is
+        if interruptions is not None:
+            interruptions.raise_if_pending()
+        raise JobInterrupted(signal.SIGTERM) from None
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")

@@ -137,14 +137,6 @@ class _Tee:
         return getattr(self.console, name)
 
 
-def _jsonable(obj: Any):
-    if hasattr(obj, "item"):           # numpy / torch scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 class Pipeline:
     """Named stages over one work directory; `run` executes them, `describe_plan` only says what
     a run would do. After `run`, `values` and `records` hold what happened, also when it raised."""
@@ -308,14 +300,14 @@ class Pipeline:
             value = self._call(stage, log, t0)
         record = self._record(stage, "ran", command, 0, t0)
         self.values[stage.name] = value
+        from labcore.artifacts import atomic_write_text, json_default
         try:
             text = json.dumps({"stage": stage.name, "command": command, "exit_status": 0, "wall_s": record.wall_s,
                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "value": value},
-                              indent=2, default=_jsonable)
+                              indent=2, default=json_default)
         except TypeError as e:
             record.state = "failed"
             raise StageFailed(stage.name, log, f"its value cannot be kept as JSON ({e})") from e
-        from labcore.artifacts import atomic_write_text
         atomic_write_text(self.marker_path(stage.name), text + "\n")
 
     def _call(self, stage: Stage, log: Path, t0: float) -> Any:

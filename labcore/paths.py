@@ -9,7 +9,10 @@ A line's entrypoint reads `conf/<line>/`; the `hydra_plugins/interp_lab_searchpa
 `conf/common/` beside it, so each line sees its own studies and the shared groups only.
 """
 
+import os
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -25,3 +28,24 @@ def compose(line: str, overrides: list[str] = (), return_hydra_config: bool = Fa
     from hydra import initialize_config_dir
     with initialize_config_dir(config_dir=line_config_dir(line), version_base="1.3"):
         return hydra_compose(config_name=line, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def claim_dir(path: str) -> str:
+    """Create `path` and return it, or `path_1`, `path_2`, ... when it exists: the directory is
+    claimed by an atomic mkdir, so two runs or sweeps started in the same second never share one.
+
+    Registered as the resolver `${claim_dir:...}` (cached per config, like Hydra's `now`): Hydra
+    copies a sweep's resolver cache into every job's config, so all jobs see the one claimed path.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for n in range(10_000):
+        candidate = path if n == 0 else f"{path}_{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not claim a fresh directory beside {path}")
+
+
+OmegaConf.register_new_resolver("claim_dir", claim_dir, use_cache=True, replace=True)

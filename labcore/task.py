@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from labcore.artifacts import Manifest
 
 
+def resume_checkpoint(output_dir: str | Path) -> Path:
+    """Where a training job keeps the whole training state it resumes from."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
 class Task:
     """An analysis-only job; subclass `TrainingTask` for a job that trains first."""
 
@@ -65,5 +70,10 @@ class TrainingTask(Task):
     datamodule: "L.LightningDataModule | None" = None
 
     def build(self) -> tuple["L.LightningModule", "L.LightningDataModule | None"]:
-        """The module to fit (it may set `automatic_optimization = False` to own the step) and its data."""
+        """The module to fit (it may set `automatic_optimization = False` to own the step) and its data.
+
+        Resume is exact when a step's whole state change happens inside the step (training_step,
+        optimizer_step): the resume checkpoint is written by a callback at the end of each step,
+        and Lightning runs callbacks' on_train_batch_end before the module's own. Training data
+        should come from `labcore.data.EpochBatches` (or another loader that restarts mid-epoch)."""
         raise NotImplementedError

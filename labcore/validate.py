@@ -13,7 +13,12 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
+
+    def __reduce__(self):
+        # sweep launchers (submitit, SLURM) pickle a job's exception back to the driver; the
+        # default reduce would call ConfigError(<formatted text>) and fail with a TypeError
+        return type(self), (self.key, self.message)
 
 
 def get(cfg: DictConfig, key: str) -> Any:
@@ -36,13 +41,54 @@ def require(cfg: DictConfig, key: str, check: Callable[[Any], bool], message: st
 
 
 def positive_int(cfg: DictConfig, key: str) -> int:
-    return require(cfg, key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                   "must be a positive integer")
+    return require(cfg, key, lambda v: _is_int(v) and v > 0, "must be a positive integer")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def seed_value(cfg: DictConfig, key: str) -> int:
+    """A seed numpy and torch accept: an integer in [0, 2**32)."""
+    return require(cfg, key, lambda v: _is_int(v) and 0 <= v < 2**32, "must be an integer in [0, 2**32)")
+
+
+def optional(check: Callable[[DictConfig, str], Any], cfg: DictConfig, key: str) -> Any:
+    """`check(cfg, key)` unless the value is null."""
+    return None if get(cfg, key) is None else check(cfg, key)
+
+
+def number_in(cfg: DictConfig, key: str, low: float, high: float, *, closed_high: bool = True) -> float:
+    return require(cfg, key, lambda v: _is_number(v) and low <= v and (v <= high if closed_high else v < high),
+                   f"must be a number in [{low}, {high}{']' if closed_high else ')'}")
+
+
+def adam_betas(cfg: DictConfig, key: str) -> tuple[float, float]:
+    return require(cfg, key, lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+                   "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+def checkpoint_file(cfg: DictConfig, key: str) -> str | None:
+    """A path that exists and holds a Lightning checkpoint (a torch file with a state_dict)."""
+    path = existing_path(cfg, key)
+    if path is None:
+        return None
+    import torch
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:
+        raise ConfigError(key, f"not a checkpoint file: {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(key, f"not a Lightning checkpoint (no state_dict): {path}")
+    return path
 
 
 def positive_number(cfg: DictConfig, key: str) -> float:
-    return require(cfg, key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                   "must be a positive number")
+    return require(cfg, key, lambda v: _is_number(v) and v > 0, "must be a positive number")
 
 
 def fraction(cfg: DictConfig, key: str, closed_low: bool = False) -> float:

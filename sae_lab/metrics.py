@@ -52,7 +52,9 @@ class ReconstructionStats:
                "l0": self.l0_sum / self.n}
         if self.fire_counts is not None:
             freq = self.fire_counts / self.n
-            out["dead_fraction"] = float((freq == 0).double().mean())
+            # "dead on the evaluation set": never fired on any evaluated example (cf. the SAE's
+            # training-time dead_fraction_train: no firing in its last dead_after_tokens tokens)
+            out["dead_fraction_eval"] = float((freq == 0).double().mean())
             out["dense_fraction"] = float((freq > dense_threshold).double().mean())
         return out
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from labcore.task import TrainingTask
-from labcore.validate import (ConfigError, existing_path, fraction, get, instantiate_or_explain, positive_int,
-                              positive_number, require)
+from labcore.validate import (ConfigError, adam_betas, checkpoint_file, existing_path, fraction, get,
+                              instantiate_or_explain, number_in, optional, positive_int, positive_number, require,
+                              seed_value)
 from sae_lab.sae import ARCHITECTURES
 
 
@@ -30,20 +31,36 @@ class SAETrainTask(TrainingTask):
                 raise ConfigError("sae.k", f"must not exceed sae.d_sae={d_sae} (got {k})")
         else:
             require(cfg, "sae.l1_coeff", lambda v: v >= 0, "must be >= 0")
+        optional(positive_int, cfg, "sae.aux_k")
+        if (get(cfg, "sae.aux_k") or 0) > d_sae:
+            raise ConfigError("sae.aux_k", f"must not exceed sae.d_sae={d_sae} (got {get(cfg, 'sae.aux_k')})")
         positive_number(cfg, "train.lr")
+        adam_betas(cfg, "train.betas")
         positive_int(cfg, "train.batch_size")
         positive_int(cfg, "train.eval_batch_size")
         positive_int(cfg, "trainer.max_epochs")
+        number_in(cfg, "eval.dense_threshold", 0, 1)
+        positive_int(cfg, "activations.batch_size")
         positive_int(cfg, "dataset.p")
         fraction(cfg, "dataset.train_frac")
+        seed_value(cfg, "dataset.split_seed")
+        seed_value(cfg, "base_model.seed")
         positive_number(cfg, "base_model.lr")
-        require(cfg, "base_model.target_val_acc", lambda v: 0 < v <= 1, "must be in (0, 1]")
+        adam_betas(cfg, "base_model.betas")
+        positive_int(cfg, "base_model.max_epochs")
+        positive_int(cfg, "base_model.batch_size")
+        optional(lambda c, k: number_in(c, k, 0, 1), cfg, "base_model.target_val_acc")
+        optional(positive_number, cfg, "base_model.target_val_loss")
         for key in ("model.n_layer", "model.n_head", "model.d_model", "model.d_mlp"):
             positive_int(cfg, key)
-        existing_path(cfg, "ckpt_path")
+        checkpoint_file(cfg, "ckpt_path")
         existing_path(cfg, "base_model.checkpoint")
         self._check_consistency(cfg)
         self.data = self._dataset()
+        if any(len(part) == 0 for part in self.data.split()):
+            sizes = "/".join(str(len(part)) for part in self.data.split())
+            raise ConfigError("dataset.p", f"p={self.data.p} gives {self.data.p ** 2} examples, too few for non-empty "
+                                           f"train/validation/test splits ({sizes} at train_frac {self.data.train_frac})")
         hook_names = self._model_hook_names()
         self.position = self._position()
         name = get(cfg, "activations.hook_name")
@@ -98,7 +115,7 @@ class SAETrainTask(TrainingTask):
     def prepare(self) -> None:
         from labcore.activations import check_finite, extract
         from labcore.artifacts import sha256_file
-        from labcore.store import cached, load_array, save_array
+        from labcore.store import cached, load_array, recorded_sha256, save_array
         from labcore.models.gpt import load_gpt
         from sae_lab.base_model import train_base_model
 
@@ -112,26 +129,30 @@ class SAETrainTask(TrainingTask):
             base_dir = cached(cache_dir, "base_models", base_key,
                               lambda tmp: train_base_model(self.build_model, self.data, cfg.base_model, cfg.trainer, tmp))
         self.base_model, self.base_info = load_gpt(base_dir)
-        base_sha = sha256_file(base_dir / "model.safetensors")
+        # a cache entry recorded its files' hashes when it was built: no need to re-read them
+        base_sha = (sha256_file(base_dir / "model.safetensors") if cfg.base_model.checkpoint
+                    else recorded_sha256(base_dir, "model.safetensors"))
         self.manifest.add_input("base_model", base_sha)
         self.model_name = f"gpt_modular_p{self.data.p}-{base_sha[:10]}"
 
         hook = cfg.activations.hook_name
         tokens, labels = self.data.examples()
+        # the batch size changes the stored bytes (float sums in another order), so it is part of the key
         acts_key = {"base_model": base_sha, "dataset": OmegaConf.to_container(cfg.dataset),
-                    "hook_name": hook, "position": self.position}
+                    "hook_name": hook, "position": self.position, "batch_size": cfg.activations.batch_size}
 
         def build(tmp: Path) -> None:
             save_array(tmp / "acts.npy", extract(self.base_model, tokens, hook, self.position,
                                                  batch_size=cfg.activations.batch_size))
 
         acts_dir = cached(cache_dir, "activations", acts_key, build)
-        self.manifest.add_input("activations", sha256_file(acts_dir / "acts.npy"))
+        self.manifest.add_input("activations", recorded_sha256(acts_dir, "acts.npy"))
         acts = load_array(acts_dir / "acts.npy")
         check_finite(acts, f"activations at {hook} (position {self.position}) in {acts_dir}")
-        self.train_idx, self.val_idx = (i.numpy() for i in self.data.split())
-        # SAE trained on the base model's training examples, evaluated on its held-out ones
-        self.train_acts, self.val_acts = acts[self.train_idx], acts[self.val_idx]
+        self.train_idx, self.val_idx, self.test_idx = (i.numpy() for i in self.data.split())
+        # the SAE trains on the base model's training examples, follows its curve on the validation
+        # split and is evaluated on the test split, like the base model itself
+        self.train_acts, self.val_acts, self.test_acts = acts[self.train_idx], acts[self.val_idx], acts[self.test_idx]
         self.tokens, self.labels = tokens, labels
 
     # ---- the fit ------------------------------------------------------------------------------
@@ -177,11 +198,10 @@ class SAETrainTask(TrainingTask):
         sae = module.sae.eval()
         device = sae.W_enc.device
         model = self.base_model.to(device)
-        val = torch.as_tensor(self.val_acts)
-        batches = val.split(cfg.train.eval_batch_size)
-        recon, freq = reconstruction_metrics(sae, batches, cfg.eval.dense_threshold)
-        val_idx = torch.as_tensor(self.val_idx)
-        spliced = spliced_metrics(model, sae, self.tokens[val_idx].to(device), self.labels[val_idx].to(device),
+        test = torch.as_tensor(self.test_acts)
+        recon, freq = reconstruction_metrics(sae, test.split(cfg.train.eval_batch_size), cfg.eval.dense_threshold)
+        test_idx = torch.as_tensor(self.test_idx)
+        spliced = spliced_metrics(model, sae, self.tokens[test_idx].to(device), self.labels[test_idx].to(device),
                                   hook_name=cfg.activations.hook_name, position=self.position,
                                   logits_fn=lambda out: out[:, self.data.answer_pos, : self.data.p],
                                   batch_size=cfg.train.eval_batch_size)
@@ -199,15 +219,17 @@ class SAETrainTask(TrainingTask):
             consistency = {"reference_alignment": float(alignment),
                            "consistency_lambda": float(module.consistency_lambda)}
         return {**recon, **spliced, **consistency,
-                "base_val_acc": float(self.base_info.get("val_acc", float("nan"))),
+                # SAELens' convention: no firing in the last dead_after_tokens training tokens
+                "dead_fraction_train": float(sae.dead_mask.float().mean()),
                 "train_steps": float(trainer.global_step),
-                "n_train": float(len(self.train_acts)), "n_eval": float(len(self.val_acts))}
+                "n_train": float(len(self.train_acts)), "n_eval": float(len(self.test_acts))}
 
     def summary(self, metrics):
         cfg = self.cfg
         rows = [("sae", f"{cfg.sae.architecture} d_in={cfg.sae.d_in} d_sae={cfg.sae.d_sae} k={cfg.sae.get('k')}"),
                 ("seed", cfg.seed)]
-        keys = ["explained_variance", "fvu", "mse", "l0", "dead_fraction", "dense_fraction", "acc_clean",
-                "acc_with_sae", "acc_zero_ablation", "ce_clean", "ce_with_sae", "loss_recovered", "delta_loss",
-                "base_val_acc", "reference_alignment", "consistency_lambda", "train_steps", "wall_time_s"]
+        keys = ["explained_variance", "fvu", "mse", "l0", "dead_fraction_eval", "dead_fraction_train",
+                "dense_fraction", "acc_clean", "acc_with_sae", "acc_zero_ablation", "ce_clean", "ce_with_sae",
+                "loss_recovered", "delta_loss", "reference_alignment", "consistency_lambda", "train_steps",
+                "wall_time_s"]
         return rows + [(k, metrics[k]) for k in keys if k in metrics]

@@ -60,13 +60,16 @@ class SAETraining(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         self.sae.remove_parallel_decoder_grad()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # part of the step itself (not on_train_batch_end, which runs after callbacks such as the
+        # resume checkpoint): a checkpoint taken at the end of a step holds the normalised decoder
         self.sae.normalize_decoder()
 
     def on_train_end(self):
         calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK: per-example inference
         if calibrate is not None and self.trainer.datamodule is not None:
-            batches = [b for _, b in zip(range(8), self.trainer.datamodule.train_dataloader())]
+            batches = [b for _, b in zip(range(8), self.trainer.datamodule.train_dataloader().epoch(0))]
             calibrate(torch.cat(batches).to(self.device))
 
     def on_validation_epoch_start(self):

@@ -17,6 +17,7 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 # A CPU-second version of the default study: small p and model, few epochs.
 TINY = [
     "dataset.p=23", "model.d_model=32", "model.d_mlp=64", "base_model.max_epochs=150", "base_model.batch_size=476",
+    "base_model.target_val_acc=null", "base_model.target_val_loss=null",
     "sae.d_sae=64", "sae.k=4", "train.batch_size=128", "trainer.max_epochs=4",
     "trainer.check_val_every_n_epoch=2", "trainer.enable_progress_bar=false", "activations.batch_size=256",
     f"paths.data_dir={SHAKESPEARE.parent.parent}",

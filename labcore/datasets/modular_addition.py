@@ -49,9 +49,13 @@ class ModularAddition:
         tokens = torch.stack([a, b, torch.full((n,), self.equals)], dim=1)
         return tokens, (a + b) % self.p
 
-    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train indices, validation indices), a seeded permutation of all p^2 examples."""
+    def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train, validation, test) indices from one seeded permutation of all p^2 examples:
+        `train_frac` trains; the held-out rest is halved into a validation split (for early
+        stopping) and a disjoint test split (for every reported metric)."""
         n = self.p * self.p
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         n_train = int(round(self.train_frac * n))
-        return perm[:n_train].sort().values, perm[n_train:].sort().values
+        n_val = (n - n_train) // 2
+        parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+        return tuple(part.sort().values for part in parts)

@@ -14,8 +14,9 @@ def test_modular_addition_never_shows_the_answer():
     tokens, labels = data.examples()
     assert tokens.shape == (49, 3) and (tokens[:, 2] == 7).all()
     assert torch.equal(labels, (tokens[:, 0] + tokens[:, 1]) % 7)
-    train, val = data.split()
-    assert len(set(train.tolist()) | set(val.tolist())) == 49 and not set(train.tolist()) & set(val.tolist())
+    train, val, test = (set(part.tolist()) for part in data.split())
+    assert len(train | val | test) == 49 and len(train) == 24 and (len(val), len(test)) == (12, 13)
+    assert not (train & val or train & test or val & test)
 
 
 def test_char_text_round_trip_split_and_batches(tmp_path):

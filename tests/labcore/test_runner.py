@@ -84,3 +84,49 @@ def test_resumed_fit_truncates_the_step_log_to_its_checkpoint(tmp_path):
     log = read_step_log(tmp_path / "out" / "steps.jsonl")
     assert [r["step"] for r in log] == [r["step"] for r in full]
     assert [r["train/loss"] for r in log][:10] == [r["train/loss"] for r in full][:10]
+
+
+@pytest.mark.parametrize("every, saved_at", [(10, 10), (6, 12)], ids=["ckpt-at-epoch-end", "ckpt-mid-epoch"])
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, every, saved_at):
+    """Killed at step 17 with a checkpoint at step 10 or 12 (5 batches an epoch; random noise,
+    shuffled batches, a carried state in flight), the same job run again in the same directory ends
+    exactly where an uninterrupted run ends: same metrics, same weights, same step log."""
+    from labcore.signals import JobInterrupted
+    from tests.labcore import tiny_training
+
+    def cfg(out):
+        return job(out, "tiny_training.RegressionTraining", n=40, clip=0.5, trainer=TRAINER,
+                   checkpoint={"every_n_steps": every, "every_minutes": None})
+
+    reference = run(cfg(tmp_path / "a"))
+    step = tiny_training.ClippedRegression.training_step
+
+    def crash_at_17(self, batch, i):
+        if self.global_step == 17:
+            raise JobInterrupted(15)  # as if SIGTERM arrived with no chance to checkpoint
+        return step(self, batch, i)
+
+    monkeypatch.setattr(tiny_training.ClippedRegression, "training_step", crash_at_17)
+    with pytest.raises(JobInterrupted):
+        run(cfg(tmp_path / "b"))
+    out = tmp_path / "b" / "out"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == saved_at
+    monkeypatch.setattr(tiny_training.ClippedRegression, "training_step", step)
+    resumed = run(cfg(tmp_path / "b"))
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == \
+           {k: v for k, v in reference.items() if k != "wall_time_s"}
+    a, b = (read_step_log(p / "out" / "steps.jsonl") for p in (tmp_path / "a", tmp_path / "b"))
+    assert a == b
+    # and a finished job is not run again
+    assert run(cfg(tmp_path / "b")) == resumed
+
+
+def test_resume_refuses_another_config_and_resume_false_starts_clean(tmp_path):
+    base = dict(n=40, clip=0.5, trainer=TRAINER)
+    run(job(tmp_path, "tiny_training.RegressionTraining", **base))
+    with pytest.raises(ConfigError, match="^resume: .* holds a finished job with another config \\(clip differ\\)"):
+        run(job(tmp_path, "tiny_training.RegressionTraining", **{**base, "clip": 0.25}))
+    metrics = run(job(tmp_path, "tiny_training.RegressionTraining", **{**base, "clip": 0.25}, resume=False))
+    assert metrics["steps"] == 30
+    assert len(read_step_log(tmp_path / "out" / "steps.jsonl")) == 30  # the first attempt's log is gone

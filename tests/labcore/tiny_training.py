@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
+from labcore.data import EpochBatches, trainer_position
 from labcore.task import TrainingTask
 from labcore.validate import positive_int
 
@@ -23,6 +23,7 @@ class ClippedRegression(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
+        x = x + 0.01 * torch.randn_like(x)  # draws from the global RNG, as dropout does
         opt = self.optimizers()
         loss = torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), y)
         opt.zero_grad()
@@ -44,9 +45,7 @@ class RegressionTraining(TrainingTask):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(self.cfg.n, 4, generator=g)
         y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(self.cfg.n, generator=g)
-        loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True,
-                            generator=torch.Generator().manual_seed(self.cfg.seed))
-        return ClippedRegression(4, clip=self.cfg.clip), _Data(loader)
+        return ClippedRegression(4, clip=self.cfg.clip), _Data(x, y, self.cfg.seed)
 
     def analyse(self):
         with torch.no_grad():
@@ -57,9 +56,9 @@ class RegressionTraining(TrainingTask):
 
 
 class _Data(L.LightningDataModule):
-    def __init__(self, loader):
+    def __init__(self, x, y, seed):
         super().__init__()
-        self.loader = loader
+        self.x, self.y, self.seed = x, y, seed
 
     def train_dataloader(self):
-        return self.loader
+        return EpochBatches(self.x, self.y, batch_size=8, seed=self.seed, position=trainer_position(self))

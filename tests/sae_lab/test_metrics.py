@@ -42,7 +42,7 @@ def test_l0_dead_and_dense_fractions():
     stats.update(x, x, z)
     m = stats.compute(dense_threshold=0.1)
     assert m["l0"] == 1.1
-    assert m["dead_fraction"] == 0.5
+    assert m["dead_fraction_eval"] == 0.5
     assert m["dense_fraction"] == 0.25
 
 

@@ -47,3 +47,28 @@ def test_submitit_local_sweep(tmp_path):
     jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     assert len(jobs) == 2 and all((j / "metrics.json").exists() for j in jobs)
     assert len(built_entries(cache, "base_models")) == 1
+
+
+@pytest.mark.slow
+def test_two_sweeps_launched_in_the_same_second_keep_all_their_jobs(tmp_path):
+    """Both sweeps ask for the same directory (as `${now:...}` gives two launches in one second);
+    each claims its own and keeps both of its jobs."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    same = "hydra.sweep.dir=${claim_dir:" + str(tmp_path / "multirun" / "same-second") + "}"
+    procs = [subprocess.Popen([sys.executable, "-m", "sae_lab.train", "-m", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+                               same, f"sae.k={k}", "seed=0,1", "hydra.callbacks.aggregate.enabled=false"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in (2, 4)]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    sweeps = sorted((tmp_path / "multirun").iterdir())
+    assert [s.name for s in sweeps] == ["same-second", "same-second_1"]
+    ks = set()
+    for s in sweeps:
+        metrics = [json.loads((s / str(j) / "metrics.json").read_text()) for j in (0, 1)]
+        manifests = [json.loads((s / str(j) / "manifest.json").read_text()) for j in (0, 1)]
+        assert {m["config"]["seed"] for m in manifests} == {0, 1}
+        assert len({m["config"]["sae"]["k"] for m in manifests}) == 1 and all(m["l0"] > 0 for m in metrics)
+        ks.add(manifests[0]["config"]["sae"]["k"])
+    assert ks == {2, 4}

@@ -19,6 +19,17 @@ from labcore.validate import ConfigError
     ("sae.architecture=gated", "sae.architecture", "must be one of"),
     ("dataset.train_frac=1.5", "dataset.train_frac", "fraction"),
     ("model.n_head=3", "model", "not divisible"),
+    ("seed=-1", "seed", "integer in [0, 2**32)"),
+    ("seed=1.5", "seed", "integer in [0, 2**32)"),
+    ("dataset.split_seed=-3", "dataset.split_seed", "integer in [0, 2**32)"),
+    ("activations.batch_size=0", "activations.batch_size", "positive integer"),
+    ("sae.aux_k=0", "sae.aux_k", "positive integer"),
+    ("sae.aux_k=1000", "sae.aux_k", "must not exceed sae.d_sae=64"),
+    ("eval.dense_threshold=1.5", "eval.dense_threshold", "in [0, 1]"),
+    ("train.betas=[0.9]", "train.betas", "two numbers in [0, 1)"),
+    ("train.betas=[0.9,1.2]", "train.betas", "two numbers in [0, 1)"),
+    ("dataset.p=3", "dataset.p", "too few for non-empty"),
+    ("base_model.target_val_loss=-1", "base_model.target_val_loss", "positive number"),
 ])
 def test_bad_input_names_the_key(tiny_cfg, tmp_path, override, key, fragment):
     cfg = tiny_cfg(override, f"paths.cache_dir={tmp_path / 'fresh_cache'}")
@@ -37,3 +48,12 @@ def test_non_finite_activations_are_counted():
     with pytest.raises(NonFiniteActivationsError, match="3 non-finite values .* in 2 of 10 rows"):
         check_finite(acts, "blocks.0.hook_resid_post")
     check_finite(np.ones((3, 2)), "fine")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tiny_cfg, tmp_path):
+    bogus = tmp_path / "last.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError) as err:
+        run(tiny_cfg(f"ckpt_path={bogus}", f"paths.cache_dir={tmp_path / 'fresh_cache'}"))
+    assert err.value.key == "ckpt_path" and "not a checkpoint file" in str(err.value)
+    assert not (tmp_path / "fresh_cache").exists()
