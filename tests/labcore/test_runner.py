@@ -130,3 +130,47 @@ def test_resume_refuses_another_config_and_resume_false_starts_clean(tmp_path):
     metrics = run(job(tmp_path, "tiny_training.RegressionTraining", **{**base, "clip": 0.25}, resume=False))
     assert metrics["steps"] == 30
     assert len(read_step_log(tmp_path / "out" / "steps.jsonl")) == 30  # the first attempt's log is gone
+
+
+def test_non_finite_metrics_fail_the_job_naming_them(tmp_path, monkeypatch):
+    from tests.labcore import tiny_analysis
+    from labcore.runner import NonFiniteMetricsError
+    monkeypatch.setattr(tiny_analysis.NoiseStatistics, "analyse", lambda self: {"ev": float("nan"), "l0": 3.0})
+    with pytest.raises(NonFiniteMetricsError, match="ev"):
+        run(job(tmp_path, "tiny_analysis.NoiseStatistics", n=10))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "non-finite final metrics (NaN/Inf): ev" in manifest["error"]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_failing_write_keeps_the_original_error(tmp_path, monkeypatch, capsys):
+    """On a full disk the metrics write fails and so does the manifest's: the job's error is the
+    first one, and the second is reported, not raised in its place."""
+    import errno
+
+    from labcore import artifacts, runner
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writes = []
+    real_write = artifacts.Manifest.write
+
+    def manifest_write(self):  # the disk fills up after the job started
+        writes.append(1)
+        return real_write(self) if len(writes) == 1 else full_disk()
+
+    monkeypatch.setattr(runner, "atomic_write_json", lambda path, obj: full_disk())
+    monkeypatch.setattr(artifacts.Manifest, "write", manifest_write)
+    with pytest.raises(OSError) as err:
+        runner.run(job(tmp_path, "tiny_analysis.NoiseStatistics", n=10))
+    assert err.value.errno == errno.ENOSPC
+    assert "Manifest.finish failed: OSError" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "running"  # not "completed"
+
+
+def test_config_error_survives_pickling():
+    import pickle
+    err = pickle.loads(pickle.dumps(ConfigError("sae.k", "must be a positive integer (got 0)")))
+    assert isinstance(err, ConfigError) and err.key == "sae.k" and str(err) == "sae.k: must be a positive integer (got 0)"
