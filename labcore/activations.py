@@ -220,8 +220,8 @@ def _stream(model: HookedModel, tokens, outputs: dict, positions, batch_size: in
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="row", leave=False, disable=not enabled)
+    from labcore.output import progress_bar
+    return progress_bar(total, desc, unit="rows", enabled=enabled)
 
 
 def _probe(model: HookedModel, tokens, names: list[str]) -> tuple[list[str], dict[str, tuple[int, ...]]]:

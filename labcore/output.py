@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -91,22 +92,42 @@ class ProgressLines:
         print(" ".join(parts), file=self.stream, flush=True)
 
 
+class _LineBar:
+    """`update(n)` like tqdm's, printed as ProgressLines."""
+
+    def __init__(self, desc: str, total: int | None, unit: str):
+        self.lines, self.n = ProgressLines(desc, total, unit), 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.lines.update(min(self.n, self.lines.total) if self.lines.total else self.n)
+
+
+@contextmanager
+def progress_bar(total: int | None, desc: str = "", unit: str = "it", enabled: bool = True):
+    """A progress counter with `update(n)`: a tqdm bar on a terminal, plain lines in a log file."""
+    if not enabled:
+        yield _Silent()
+    elif is_terminal():
+        from tqdm.auto import tqdm
+        with tqdm(total=total, desc=desc, unit=unit, leave=False) as bar:
+            yield bar
+    else:
+        yield _LineBar(desc, total, unit)
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it",
              unit_scale: int = 1) -> Iterator[T]:
     """Iterate with progress: a tqdm bar on a terminal, plain lines in a log file. `unit_scale`
     counts each item as that many units (e.g. rows per batch)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable) * unit_scale
-    if is_terminal():
-        from tqdm.auto import tqdm
-        with tqdm(total=total, desc=desc, unit=unit, leave=False) as bar:
-            for item in iterable:
-                yield item
-                bar.update(unit_scale)
-        return
-    lines = ProgressLines(desc, total, unit)
-    n = 0
-    for item in iterable:
-        yield item
-        n += unit_scale
-        lines.update(min(n, total) if total else n)
+    with progress_bar(total, desc, unit) as bar:
+        for item in iterable:
+            yield item
+            bar.update(unit_scale)

@@ -113,9 +113,9 @@ class SAETrainTask(TrainingTask):
 
     # ---- cached inputs ------------------------------------------------------------------------
     def prepare(self) -> None:
-        from labcore.activations import check_finite, extract
+        from labcore.activations import extract_to_dir, load_activations, raise_if_non_finite, read_metadata
         from labcore.artifacts import sha256_file
-        from labcore.store import cached, load_array, recorded_sha256, save_array
+        from labcore.store import cached, recorded_sha256
         from labcore.models.gpt import load_gpt
         from sae_lab.base_model import train_base_model
 
@@ -141,14 +141,14 @@ class SAETrainTask(TrainingTask):
         acts_key = {"base_model": base_sha, "dataset": OmegaConf.to_container(cfg.dataset),
                     "hook_name": hook, "position": self.position, "batch_size": cfg.activations.batch_size}
 
-        def build(tmp: Path) -> None:
-            save_array(tmp / "acts.npy", extract(self.base_model, tokens, hook, self.position,
-                                                 batch_size=cfg.activations.batch_size))
+        def build(tmp: Path) -> None:  # streamed into the cache entry, batch by batch
+            extract_to_dir(self.base_model, tokens, [hook], tmp, position=self.position,
+                           batch_size=cfg.activations.batch_size, desc=f"extract {hook}")
 
         acts_dir = cached(cache_dir, "activations", acts_key, build)
-        self.manifest.add_input("activations", recorded_sha256(acts_dir, "acts.npy"))
-        acts = load_array(acts_dir / "acts.npy")
-        check_finite(acts, f"activations at {hook} (position {self.position}) in {acts_dir}")
+        raise_if_non_finite(read_metadata(acts_dir), where=f"{acts_dir}: position {self.position} of ")
+        self.manifest.add_input("activations", recorded_sha256(acts_dir, f"{hook}.npy"))
+        acts = load_activations(acts_dir, hook)  # memory-mapped
         self.train_idx, self.val_idx, self.test_idx = (i.numpy() for i in self.data.split())
         # the SAE trains on the base model's training examples, follows its curve on the validation
         # split and is evaluated on the test split, like the base model itself
