@@ -82,7 +82,10 @@ class UnknownHookError(KeyError):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known hooks: {', '.join(known[:12])}..."
         super().__init__(f"unknown hook name {name!r}{hint}")
-        self.name = name
+        self.name, self.known = name, known
+
+    def __reduce__(self):  # sweep launchers pickle a failed job's error back to the driver
+        return type(self), (self.name, self.known)
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return self.args[0]

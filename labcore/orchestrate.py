@@ -57,6 +57,9 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage '{stage}' failed: {what}; its output is in {log}")
         self.stage, self.log, self.what = stage, log, what
 
+    def __reduce__(self):  # pickled across processes (a stage run by a launcher) with its fields
+        return type(self), (self.stage, self.log, self.what)
+
 
 class StopRun(Exception):
     """Raised by a stage's callable to end the run early on purpose; `value` is still its value."""

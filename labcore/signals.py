@@ -26,6 +26,9 @@ class JobInterrupted(SystemExit):
     def __str__(self) -> str:
         return f"interrupted by {signal.Signals(self.signum).name} (exit status {self.code})"
 
+    def __reduce__(self):
+        return type(self), (self.signum,)
+
 
 class Interruptions:
     """Installs the job's SIGTERM/SIGINT handlers for the duration of a `with` block (main thread

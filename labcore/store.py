@@ -61,6 +61,9 @@ class CacheFileError(ValueError):
         self.path, self.problem = Path(path), problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # sweep launchers pickle a failed job's error back to the driver
+        return type(self), (self.path, self.problem)
+
 
 def entry_dir(cache_dir: str | os.PathLike, kind: str, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / kind / sha256_json(key)[:16]

@@ -23,7 +23,10 @@ class CorpusNotFoundError(FileNotFoundError):
     def __init__(self, path: Path, url: str | None, why: str):
         where = f"put the text file at {path}" + (f" (it is downloaded from {url} when online)" if url else "")
         super().__init__(f"text corpus {path} not found: {why}; {where}")
-        self.path = path
+        self.path, self.url, self.why = path, url, why
+
+    def __reduce__(self):  # sweep launchers pickle a failed job's error back to the driver
+        return type(self), (self.path, self.url, self.why)
 
 
 def offline() -> bool:

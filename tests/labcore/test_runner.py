@@ -170,7 +170,19 @@ def test_a_failing_write_keeps_the_original_error(tmp_path, monkeypatch, capsys)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "running"  # not "completed"
 
 
-def test_config_error_survives_pickling():
+def test_errors_that_cross_processes_pickle_with_their_fields():
+    """submitit pickles a failed job's exception back to the sweep driver: every error of ours must
+    come back as itself, not as a TypeError from the default reduce."""
     import pickle
-    err = pickle.loads(pickle.dumps(ConfigError("sae.k", "must be a positive integer (got 0)")))
-    assert isinstance(err, ConfigError) and err.key == "sae.k" and str(err) == "sae.k: must be a positive integer (got 0)"
+
+    from labcore.datasets.text import CorpusNotFoundError
+    from labcore.hooks import UnknownHookError
+    from labcore.orchestrate import StageFailed
+    from labcore.signals import JobInterrupted
+    from labcore.store import CacheFileError
+    errors = [ConfigError("sae.k", "must be a positive integer (got 0)"), UnknownHookError("blocks.9.x", ["blocks.0.x"]),
+              StageFailed("search", "/tmp/search.log", "exit status 1"), CorpusNotFoundError("/data/x.txt", None, "gone"),
+              CacheFileError("/cache/acts.npy", "truncated"), JobInterrupted(15)]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.args == err.args

@@ -72,3 +72,25 @@ def test_two_sweeps_launched_in_the_same_second_keep_all_their_jobs(tmp_path):
         assert len({m["config"]["sae"]["k"] for m in manifests}) == 1 and all(m["l0"] > 0 for m in metrics)
         ks.add(manifests[0]["config"]["sae"]["k"])
     assert ks == {2, 4}
+
+
+@pytest.mark.slow
+def test_config_error_in_one_job_of_a_submitit_sweep(tmp_path):
+    """A bad value in one job: the driver fails naming the key and the job's overrides, the other
+    job's result is kept, and the aggregate reports the failed job and aggregates the rest."""
+    from sae_lab.aggregate import aggregate
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "sae_lab.train", "-m", "hydra/launcher=local", *TINY,
+                          f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}", "sae.k=0,4"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "sae.k: must be a positive integer (got 0)" in log and "TypeError" not in log
+    [failed_job] = [line for line in log.splitlines() if line.startswith("Error executing job with overrides")]
+    assert "'sae.k=0'" in failed_job
+    assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["l0"] == pytest.approx(4)
+    result = aggregate(sweep_dir, n_resamples=100, matching=False, log=lambda m: None)
+    [(path, status, why)] = result["problems"]
+    assert path.endswith("/0") and status == "failed" and "ConfigError: sae.k: must be a positive integer" in why
+    assert [row["n_ok"] for row in result["rows"] if row["n_ok"]] == [1]
