@@ -20,8 +20,9 @@ T = TypeVar("T")
 PROGRESS_EVERY_S = 10.0
 PROGRESS_EVERY_FRACTION = 0.1
 
-# Lightning's advertisements ("Tip: ... litlogger") and warnings about its own internals
-NOISE_MESSAGES = ("💡 Tip:",)
+# Lightning's advertisements ("Tip: ... litlogger"), its note on every checkpoint save and load,
+# and warnings about its own internals
+NOISE_MESSAGES = ("💡 Tip:", "`weights_only` was not set")
 NOISE_WARNINGS = (r".*LeafSpec.*", r".*does not have many workers.*", r".*GPU available but not used.*")
 
 
@@ -45,10 +46,11 @@ def quiet_third_party() -> None:
             logger = logging.getLogger(name)
             logger.handlers.clear()
             logger.propagate = True
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropNoise) for f in logger.filters):
-            logger.addFilter(_DropNoise())
+    # on the handlers: a logger's own filters do not see records its child loggers propagate
+    for name in ("", "lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
 
 
 def format_duration(seconds: float) -> str:

@@ -61,7 +61,7 @@ def test_cli_output_reads_well_in_a_log_file(tmp_path):
     assert "\r" not in out
     assert out.count("[train] step") >= 2 and "(100%)" in out       # base model and SAE fits
     assert out.count("GPU available") == out.count("`Trainer.fit` stopped") == 2
-    assert "Tip:" not in out and "LeafSpec" not in out
+    assert "Tip:" not in out and "LeafSpec" not in out and "weights_only" not in out
 
 
 def test_cli_help_and_cfg_are_fast():
