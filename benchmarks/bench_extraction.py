@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 
 from labcore.activations import extract_to_dir  # noqa: E402
 from labcore.models.gpt import GPT, GPTConfig  # noqa: E402
+from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 MIB = 2 ** 20
 
@@ -98,20 +98,13 @@ def measure_speed(args, repeats: int) -> dict:
 
 
 # ---- memory: one subprocess per dataset size ------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
 
 
 def memory_worker(args, n: int) -> dict:
     model, tokens = make_model(args), make_tokens(args, n)
     with torch.no_grad():  # first-touch allocations of a forward, so they are not counted below
         model(tokens[:args.batch])
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -119,7 +112,7 @@ def memory_worker(args, n: int) -> dict:
     except OSError:
         resettable = False
     run = stream(model, tokens, args)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"seqs": n, "s": run["s"], "written_mib": run["written"] / MIB, "before_mib": before / 1024,
             "peak_mib": peak / 1024, "extra_mib": (peak - before) / 1024 if resettable else None}
 

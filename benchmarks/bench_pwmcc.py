@@ -27,25 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
 import time
+from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 MIB = 2**20
 
 
-def _status_kib(field: str) -> int | None:
-    """A field (VmRSS, VmHWM) of /proc/self/status in KiB, or None off Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            match = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-        return int(match.group(1)) if match else None
-    except OSError:
-        return None
 
 
 def _reset_peak_rss() -> bool:
@@ -70,7 +62,7 @@ def worker(mode: str, d_sae: int, d_in: int, chunk_size: int, threads: int) -> d
     b = random_dictionary(d_sae, d_in, seed=1)
 
     can_reset = _reset_peak_rss()
-    rss_before = _status_kib("VmRSS")
+    rss_before = status_kib("VmRSS")
     t0 = time.perf_counter()
     if mode == "chunked":
         value = pwmcc(a, b, chunk_size=chunk_size)
@@ -83,7 +75,7 @@ def worker(mode: str, d_sae: int, d_in: int, chunk_size: int, threads: int) -> d
             del c
         block_bytes = d_sae * d_sae * 4
     wall = time.perf_counter() - t0
-    call_hwm = _status_kib("VmHWM") if can_reset else None
+    call_hwm = status_kib("VmHWM") if can_reset else None
 
     return dict(
         mode=mode,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ sys.path.insert(0, REPO_ROOT)
 import torch  # noqa: E402
 
 from sae_lab.sae import TopKSAE  # noqa: E402
+from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 SHAPES = {  # name: (d_in, d_sae, k, batch)
     "512/4096": (512, 4096, 32, 4096),
@@ -115,20 +115,13 @@ def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam
 
 
 # ---- memory: one subprocess per (shape, path) -------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
 
 
 def memory_worker(name: str, fast: bool, dead_frac: float, fused_adam: bool, steps: int) -> dict:
     d_in, d_sae, k, batch = SHAPES[name]
     x = make_batch(d_in, batch)
     sae, step = make_trainer(d_in, d_sae, k, x, fast, dead_frac, fused_adam)
-    before = _status_kib("VmRSS")  # parameters and batch exist; no step has run yet
+    before = status_kib("VmRSS")  # parameters and batch exist; no step has run yet
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -137,7 +130,7 @@ def memory_worker(name: str, fast: bool, dead_frac: float, fused_adam: bool, ste
         resettable = False
     for _ in range(steps):
         step()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"before_mib": before / 1024 if before else None,
             "step_peak_mib": (peak - before) / 1024 if resettable and peak and before else None,
             "adam_state_mib": 2 * sum(p.numel() * p.element_size() for p in sae.parameters()) / MIB}

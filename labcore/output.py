@@ -23,7 +23,8 @@ PROGRESS_EVERY_FRACTION = 0.1
 # Lightning's advertisements ("Tip: ... litlogger"), its note on every checkpoint save and load,
 # and warnings about its own internals
 NOISE_MESSAGES = ("💡 Tip:", "`weights_only` was not set")
-NOISE_WARNINGS = (r".*LeafSpec.*", r".*does not have many workers.*", r".*GPU available but not used.*")
+NOISE_WARNINGS = (r".*LeafSpec.*", r".*does not have many workers.*", r".*GPU available but not used.*",
+                  r".*The `srun` command is available on your system but is not used.*")
 
 
 def is_terminal() -> bool:

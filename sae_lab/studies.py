@@ -85,11 +85,11 @@ def reference_sae_dir(sweep_dir: Path) -> Path:
 def add_consistency_columns(rows: list[dict], pairs: dict[str, dict[tuple, float]], sweep_dir: Path,
                             n_resamples: int) -> list[dict]:
     """Per lambda group: its lambda, mean alignment to the reference, and the PWMCC gain over lambda 0
-    on the same seed pairs (mean of paired differences, bootstrap 95% CI). `pairs` is aggregate()'s
+    on the same seed pairs (mean of paired differences, 95% CI resampling seeds). `pairs` is aggregate()'s
     {group: {(seed_a, seed_b): pwmcc}}."""
     import numpy as np
 
-    from labcore.stats import bootstrap_ci
+    from labcore.stats import pairwise_bootstrap_ci
     from labcore.sweep import find_jobs
     from sae_lab.aggregate import REQUIRED_METRICS
     jobs = [j for j in find_jobs(sweep_dir, REQUIRED_METRICS) if j.ok]
@@ -102,9 +102,17 @@ def add_consistency_columns(rows: list[dict], pairs: dict[str, dict[tuple, float
     base = next((r["group"] for r in out if r["consistency_lambda"] == 0), None)
     for row in out:
         common = sorted(set(pairs.get(row["group"], {})) & set(pairs.get(base, {}))) if base else []
-        diffs = [pairs[row["group"]][p] - pairs[base][p] for p in common]
-        low, high = bootstrap_ci(diffs, n_resamples=n_resamples) if len(diffs) >= 2 else (NAN, NAN)
-        row.update(gain_vs_lambda0=float(np.mean(diffs)) if diffs else NAN, gain_ci_low=low, gain_ci_high=high)
+        diffs = {p: pairs[row["group"]][p] - pairs[base][p] for p in common}
+        # pairs share seeds: the CI resamples seeds (labcore.stats.pairwise_bootstrap_ci), not pairs
+        seeds = sorted({s for p in diffs for s in p})
+        matrix = np.zeros((len(seeds), len(seeds)))
+        for (a, b), d in diffs.items():
+            matrix[seeds.index(a), seeds.index(b)] = matrix[seeds.index(b), seeds.index(a)] = d
+        complete = len(diffs) == len(seeds) * (len(seeds) - 1) // 2
+        low, high = (pairwise_bootstrap_ci(matrix, n_resamples=n_resamples) if complete and len(seeds) >= 3
+                     else (NAN, NAN))
+        row.update(gain_vs_lambda0=float(np.mean(list(diffs.values()))) if diffs else NAN,
+                   gain_ci_low=low, gain_ci_high=high)
     return sorted(out, key=lambda r: r["consistency_lambda"])
 
 

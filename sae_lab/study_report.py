@@ -148,7 +148,7 @@ def consistency_reg_report(values: dict) -> tuple[list[str], dict | None]:
     body = [f"Reference SAE: `{reference}` (lambda 0).", "", "## Lambda sweep", "",
             markdown_table(selection["candidates"], LAMBDA_COLS), "",
             "gain_vs_lambda0: mean over the same seed pairs of PWMCC(lambda) - PWMCC(lambda 0), "
-            "bootstrap 95% CI (pairs share seeds, so the CI is somewhat narrow). "
+            "95% CI from a bootstrap that resamples seeds (pairs share seeds, so pairs are not the unit). "
             "reference_alignment: mean_i max_j |cos(d_i, r_j)| to the reference decoder.", "",
             f"Rule: {selection['rule']}.", "", f"Selection: {selection['reason']}.", ""]
     if chosen["winner"] is None:

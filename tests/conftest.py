@@ -45,3 +45,14 @@ def tiny_cfg(tmp_path, cache_dir):
 
 def tiny_cli_args(cache_dir: Path) -> list[str]:
     return TINY + [f"paths.cache_dir={cache_dir}"]
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """W&B offline with no account: no key, no netrc, its files under tmp_path (never the network)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))

@@ -48,8 +48,7 @@ class RegressionTraining(TrainingTask):
         return ClippedRegression(4, clip=self.cfg.clip), _Data(x, y, self.cfg.seed)
 
     def analyse(self):
-        with torch.no_grad():
-            w = self.module.linear.weight.squeeze(0)
+        w = self.module.linear.weight.detach().squeeze(0)
         return {"w_error": float((w - torch.tensor([1.0, -2.0, 0.5, 3.0])).norm()),
                 "steps": float(self.trainer.global_step),
                 "grad_norm_ema": float(self.module.grad_norm_ema)}
