@@ -10,6 +10,7 @@
 #   LAB_SLURM_FAKE_GPUS      gres/gpu count backed by /dev/null            (default 1; 0 = none)
 #   LAB_SLURM_CPUS           CPUs the node advertises                     (default: nproc)
 #   LAB_SLURM_MEM_MB         RealMemory (MB) the node advertises           (default: RAM - 2 GiB)
+#   LAB_SLURM_CRED_EXPIRE    credential lifetime (s); a requeued job waits this long (default 10)
 
 SLURM_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAB_SLURM_DIR="${LAB_SLURM_DIR:-/tmp/lab-slurm}"
@@ -20,6 +21,7 @@ LAB_SLURM_STOP_GRACE="${LAB_SLURM_STOP_GRACE:-20}"
 LAB_SLURM_FAKE_GPUS="${LAB_SLURM_FAKE_GPUS:-1}"
 LAB_SLURM_CPUS="${LAB_SLURM_CPUS:-}"
 LAB_SLURM_MEM_MB="${LAB_SLURM_MEM_MB:-0}"
+LAB_SLURM_CRED_EXPIRE="${LAB_SLURM_CRED_EXPIRE:-10}"
 
 S_CONF="$LAB_SLURM_DIR/etc/slurm.conf"
 S_RUN="$LAB_SLURM_DIR/run"

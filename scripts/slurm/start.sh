@@ -72,7 +72,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$S_MUNGE_SOCKET
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket=$S_MUNGE_SOCKET,cred_expire=$LAB_SLURM_CRED_EXPIRE
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -84,9 +85,12 @@ MinJobAge=3600
 JobCompType=jobcomp/filetxt
 JobCompLoc=$S_LOG/jobcomp.log
 SchedulerType=sched/backfill
+# look at pending jobs every few seconds (defaults 30/60 s): a requeued job starts soon after its BeginTime
+SchedulerParameters=bf_interval=2,sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+# SIGTERM -> SIGKILL grace (time limit, scancel, requeue); a training job checkpoints within it
 KillWait=5
 InactiveLimit=0
 MailProg=/bin/true
