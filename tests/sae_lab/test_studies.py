@@ -147,7 +147,7 @@ def test_training_step_adds_lambda_times_the_penalty():
     loss = regularised.training_step(x, 0)
     penalty = 1 - reference_alignment(sae.W_dec, regularised.reference).item()
     assert (loss - plain).item() == pytest.approx(0.5 * penalty, rel=1e-5)
-    assert float(logged["train/consistency"]) == pytest.approx(0.5 * penalty, rel=1e-5)
+    assert float(logged["train/consistency"].detach()) == pytest.approx(0.5 * penalty, rel=1e-5)
     loss.backward()
     assert sae.W_dec.grad is not None and torch.isfinite(sae.W_dec.grad).all()
 
