@@ -186,3 +186,40 @@ def test_errors_that_cross_processes_pickle_with_their_fields():
     for err in errors:
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err) and back.args == err.args
+
+
+def test_submitit_time_limit_signal_checkpoints_first_then_requeues(tmp_path, monkeypatch):
+    """Under submitit, SIGUSR2 (SLURM: the time limit is near) is taken like SIGTERM: the step ends,
+    the checkpoint is written, then submitit's own handler runs (it requeues the job and exits)."""
+    import os
+    import signal
+
+    from labcore.signals import JobInterrupted
+    from tests.labcore import tiny_training
+
+    class SignalHandler:  # stands in for submitit.core.job_environment.SignalHandler
+        calls = []
+
+        def checkpoint_and_try_requeue(self, signum, frame):
+            ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
+            self.calls.append((signum, torch.load(ckpt, weights_only=False)["global_step"]))
+            raise SystemExit(-1)  # what submitit does after `scontrol requeue`
+
+    SignalHandler.__module__ = "submitit.core.job_environment"
+    previous = signal.signal(signal.SIGUSR2, SignalHandler().checkpoint_and_try_requeue)
+    step = tiny_training.ClippedRegression.training_step
+
+    def warned_at_7(self, batch, i):
+        if self.global_step == 7:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return step(self, batch, i)
+
+    monkeypatch.setattr(tiny_training.ClippedRegression, "training_step", warned_at_7)
+    try:
+        with pytest.raises(JobInterrupted) as err:
+            run(job(tmp_path, "tiny_training.RegressionTraining", n=40, clip=0.5, trainer=TRAINER))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert err.value.signum == signal.SIGUSR2
+    assert SignalHandler.calls == [(signal.SIGUSR2, 8)]  # after the step that received it was saved
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "interrupted"
