@@ -1,5 +1,7 @@
-"""Everything Lightning: the trainer built from the config, and the per-step log as a Lightning
-logger. Imported only by jobs that train, so analysis-only jobs never pay Lightning's import."""
+"""Everything Lightning: the trainer built from the config, and what every fit gets from it: the
+per-step log as a Lightning logger, resume checkpoints (atomic, with RNG states and the step log's
+position), signal handling at step ends, and progress lines in log files. Imported only by jobs that
+train, so analysis-only jobs never pay Lightning's import."""
 
 from __future__ import annotations
 
