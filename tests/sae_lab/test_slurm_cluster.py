@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from tests.conftest import assert_resumed_log
+
 REPO = Path(__file__).resolve().parents[2]
 SLURM_SCRIPTS = REPO / "scripts" / "slurm"
 APP = REPO / "tests" / "slurm_app" / "app.py"
@@ -433,7 +435,7 @@ def test_sae_job_requeued_by_scontrol_resumes_exactly(slurm_cluster, sae_requeue
     metrics, weights, log = _sae_result(run_dir)
     assert metrics == sae_uninterrupted[0]
     assert weights == sae_uninterrupted[1]
-    assert log == sae_uninterrupted[2]
+    assert_resumed_log(log, sae_uninterrupted[2])
 
 
 @pytest.mark.slow
