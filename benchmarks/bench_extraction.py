@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from labcore.activations import extract_to_dir  # noqa: E402
 from labcore.models.gpt import GPT, GPTConfig  # noqa: E402
-from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
+from proc_status import reset_peak, status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 MIB = 2 ** 20
 
@@ -105,12 +105,7 @@ def memory_worker(args, n: int) -> dict:
     with torch.no_grad():  # first-touch allocations of a forward, so they are not counted below
         model(tokens[:args.batch])
     before = status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        resettable = True
-    except OSError:
-        resettable = False
+    resettable = reset_peak()
     run = stream(model, tokens, args)
     peak = status_kib("VmHWM")
     return {"seqs": n, "s": run["s"], "written_mib": run["written"] / MIB, "before_mib": before / 1024,

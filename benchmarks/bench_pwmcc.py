@@ -31,7 +31,7 @@ import resource
 import subprocess
 import sys
 import time
-from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
+from proc_status import reset_peak, status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -40,13 +40,6 @@ MIB = 2**20
 
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def worker(mode: str, d_sae: int, d_in: int, chunk_size: int, threads: int) -> dict:
@@ -61,7 +54,7 @@ def worker(mode: str, d_sae: int, d_in: int, chunk_size: int, threads: int) -> d
     a = random_dictionary(d_sae, d_in, seed=0)
     b = random_dictionary(d_sae, d_in, seed=1)
 
-    can_reset = _reset_peak_rss()
+    can_reset = reset_peak()
     rss_before = status_kib("VmRSS")
     t0 = time.perf_counter()
     if mode == "chunked":

@@ -44,7 +44,7 @@ sys.path.insert(0, REPO_ROOT)
 import torch  # noqa: E402
 
 from sae_lab.sae import TopKSAE  # noqa: E402
-from proc_status import status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
+from proc_status import reset_peak, status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 SHAPES = {  # name: (d_in, d_sae, k, batch)
     "512/4096": (512, 4096, 32, 4096),
@@ -122,12 +122,7 @@ def memory_worker(name: str, fast: bool, dead_frac: float, fused_adam: bool, ste
     x = make_batch(d_in, batch)
     sae, step = make_trainer(d_in, d_sae, k, x, fast, dead_frac, fused_adam)
     before = status_kib("VmRSS")  # parameters and batch exist; no step has run yet
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        resettable = True
-    except OSError:
-        resettable = False
+    resettable = reset_peak()
     for _ in range(steps):
         step()
     peak = status_kib("VmHWM")

@@ -15,3 +15,13 @@ def status_kib(field: str) -> int | None:
         return int(match.group(1)) if match else None
     except OSError:
         return None
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
