@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from labcore.artifacts import atomic_write_json
-from labcore.hooks import HookedModel, HookPoint, UnknownHookError
+from labcore.hooks import HookedModel, HookPoint, StopForward, UnknownHookError
 
 METADATA_FILE = "activations.json"
 FORMAT_VERSION = 1
@@ -32,10 +32,6 @@ _POSITION_NOT_DIM_1 = ("hook_attn_scores", "hook_pattern")
 
 class NonFiniteActivationsError(ValueError):
     pass
-
-
-class _StopForward(Exception):
-    """Raised by the deepest requested hook: the rest of the forward pass would be wasted work."""
 
 
 def extract_to_dir(model: HookedModel, tokens: torch.Tensor | np.ndarray,
@@ -205,7 +201,7 @@ def _stream(model: HookedModel, tokens, outputs: dict, positions, batch_size: in
             act = act.cpu()
             out.write(start, (act.view(torch.int16) if torch_dtype == torch.bfloat16 else act).numpy())
             if name == stop_after:
-                raise _StopForward
+                raise StopForward
         return write
 
     with model.hooks([(name, writer(name)) for name in outputs]), _progress_bar(n, desc, progress) as bar:
@@ -213,7 +209,7 @@ def _stream(model: HookedModel, tokens, outputs: dict, positions, batch_size: in
             batch["start"], batch["stop"] = start, min(start + batch_size, n)
             try:
                 model(_rows(tokens, start, batch["stop"], device))
-            except _StopForward:
+            except StopForward:
                 pass
             bar.update(batch["stop"] - start)
     return counts
@@ -236,13 +232,13 @@ def _probe(model: HookedModel, tokens, names: list[str]) -> tuple[list[str], dic
                 order.append(name)
                 shapes[name] = tuple(act.shape)
                 if len(shapes) == len(names):
-                    raise _StopForward
+                    raise StopForward
         return record
 
     with torch.no_grad(), model.hooks([(name, recorder(name)) for name in names]):
         try:
             model(_rows(tokens, 0, 1, next(model.parameters()).device))
-        except _StopForward:
+        except StopForward:
             pass
     missing = [name for name in names if name not in shapes]
     if missing:

@@ -28,6 +28,11 @@ NameFilter = Union[str, Callable[[str], bool]]
 FwdHooks = Union[Mapping[NameFilter, HookFn], Iterable[tuple[NameFilter, HookFn]]]
 
 
+class StopForward(Exception):
+    """Raised by a hook once everything a pass needs has been read: the rest of the forward pass
+    would be wasted work. The caller catches it around the forward call."""
+
+
 @dataclass(frozen=True)
 class LayoutConversion:
     """The layout hook functions see (`to_hook`) and its inverse back to the model's (`from_hook`).

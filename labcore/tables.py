@@ -53,3 +53,44 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+class CsvStream:
+    """A CSV table written a block of rows at a time, for tables too long to hold (one row per token).
+
+        with CsvStream(path, ["sample", "layer", "entropy"]) as table:
+            table.write(sample=ids, layer=layers, entropy=values)     # equal-length 1-D arrays
+
+    The rows go to a temporary file beside `path`, renamed over it when the block ends without an
+    error: a table that exists is complete. Integer columns are written as integers, floats to 6
+    significant digits, NaN as "nan".
+    """
+
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
+        self.path, self.columns, self.rows = path, list(columns), 0
+
+    def __enter__(self) -> "CsvStream":
+        from labcore.artifacts import atomic_path
+        self._atomic = atomic_path(self.path)
+        self._file = open(self._atomic.__enter__(), "w")
+        self._file.write(",".join(self.columns) + "\n")
+        return self
+
+    def write(self, **columns) -> None:
+        import numpy as np
+        if set(columns) != set(self.columns):
+            raise ValueError(f"{self.path}: columns {sorted(columns)} != the table's {sorted(self.columns)}")
+        arrays = [np.asarray(columns[c]).reshape(-1) for c in self.columns]
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(f"{self.path}: columns of different lengths {[len(a) for a in arrays]}")
+        if not len(arrays[0]):
+            return
+        row = ",".join("%d" if a.dtype.kind in "iub" else "%.6g" for a in arrays) + "\n"
+        # one %-format over the whole block: ~1.7x np.savetxt, which formats row by row
+        values = np.column_stack([a.astype(np.float64) for a in arrays]).ravel().tolist()
+        self._file.write((row * len(arrays[0])) % tuple(values))
+        self.rows += len(arrays[0])
+
+    def __exit__(self, *exc) -> bool:
+        self._file.close()
+        return bool(self._atomic.__exit__(*exc))

@@ -115,4 +115,6 @@ def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):   # the constructor already named its key
+            raise cause from None
         raise ConfigError(key, str(cause).splitlines()[-1] if str(cause) else type(cause).__name__) from None

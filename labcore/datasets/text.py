@@ -92,3 +92,21 @@ class CharText:
         starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator)
         windows = torch.stack([data[s:s + self.block_size + 1] for s in starts.tolist()])
         return windows[:, :-1], windows[:, 1:]
+
+
+class TextSamples:
+    """`n_samples` passages of `sample_chars` characters, spread evenly over a local text file (the
+    samples a pretrained model's tokenizer reads in analysis jobs; each is cut to the job's token length)."""
+
+    def __init__(self, path: str | os.PathLike, n_samples: int, sample_chars: int = 2000, url: str | None = None):
+        if n_samples < 1 or sample_chars < 1:
+            raise ValueError(f"n_samples and sample_chars must be >= 1, got {n_samples}, {sample_chars}")
+        self.path, self.url, self.n_samples, self.sample_chars = path, url, n_samples, sample_chars
+
+    def texts(self) -> list[str]:
+        text = corpus_path(self.path, self.url).read_text(encoding="utf-8")
+        if len(text) < self.sample_chars:
+            raise ValueError(f"{self.path}: {len(text)} characters, fewer than sample_chars={self.sample_chars}")
+        stride = max(1, (len(text) - self.sample_chars) // max(1, self.n_samples - 1))
+        starts = [min(i * stride, len(text) - self.sample_chars) for i in range(self.n_samples)]
+        return [text[s:s + self.sample_chars] for s in starts]
