@@ -246,3 +246,21 @@ def test_gain_is_the_slope_on_ln_alpha_with_a_true_r_squared():
     assert not noisy.monotonic
     with pytest.raises(ValueError, match="two distinct alphas"):
         fit_gain([1.0, 1.0], [0.0, 1.0])
+
+
+# ---- the lab's own causal model -----------------------------------------------------------------------
+GPT_CHAR_TINY = ["model=gpt_char", "model.steps=20", "model.d_model=32", "model.d_mlp=64", "model.n_head=4",
+                 "model.block_size=32", "model.max_chars=20000"]
+
+
+def test_observe_and_qk_control_on_the_char_gpt(tmp_path):
+    """Causal: the first 2 positions are not measured; Q and K curves of a head coincide."""
+    metrics, out = job(tmp_path / "observe", *GPT_CHAR_TINY)
+    summary = read(out / "tables" / "head_summary.csv")
+    assert len(summary) == 4 * 2 * 4
+    assert {int(r["n_tokens"]) for r in summary} == {24 - 2}          # max_length 24, first two skipped
+    tokens = read(out / "tables" / "tokens.csv")
+    assert min(int(t["position"]) for t in tokens) == 2
+    assert all(float(t["k_eff"]) <= int(t["position"]) + 1 for t in tokens)   # never more keys than visible
+    metrics, out = job(tmp_path / "qk", *GPT_CHAR_TINY, "experiment=qk_control", "intervention.alphas=[0.5,2.0]")
+    assert metrics["max_abs_q_minus_k"] < 1e-5
