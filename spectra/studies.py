@@ -62,20 +62,17 @@ class SpectraTask(Task):
             raise ConfigError(key, f"unknown metric {unknown[0]!r}; known: {', '.join(STUDIED)}")
         return list(names)
 
-    def _layer(self, key: str, default: int) -> int:
-        value = get(self.cfg, key)
-        value = default if value is None else value
-        if not isinstance(value, int) or not 0 <= value < self.layout.n_layers:
-            raise ConfigError(key, f"layer {value!r} does not exist: the model has {self.layout.n_layers} "
-                              f"layers (0..{self.layout.n_layers - 1})")
-        return value
+    def _layer(self, key: str, value, default: int | None = None) -> int:
+        return self._index(key, default if value is None else value, self.layout.n_layers, "layer", "layers")
 
-    def _head(self, key: str, default: int) -> int:
-        value = get(self.cfg, key)
-        value = default if value is None else value
-        if not isinstance(value, int) or not 0 <= value < self.layout.n_heads:
-            raise ConfigError(key, f"head {value!r} does not exist: the model has {self.layout.n_heads} "
-                              f"query heads per layer (0..{self.layout.n_heads - 1})")
+    def _head(self, key: str, value, default: int | None = None) -> int:
+        return self._index(key, default if value is None else value, self.layout.n_heads, "head",
+                           "query heads per layer")
+
+    @staticmethod
+    def _index(key: str, value, n: int, what: str, unit: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
+            raise ConfigError(key, f"{what} {value!r} does not exist: the model has {n} {unit} (0..{n - 1})")
         return value
 
     def _alphas(self, key: str) -> list[float]:
@@ -91,9 +88,14 @@ class SpectraTask(Task):
     def _heads_to_scale(self) -> list[tuple[str, int, int]]:
         """(role, layer, head) of the intervention's target and control heads."""
         middle = self.layout.n_layers // 2
-        target = ("target", self._layer("intervention.target.layer", middle), self._head("intervention.target.head", 0))
-        control_layer = self._layer("intervention.control.layer", target[1])
-        control_head = self._head("intervention.control.head", self.layout.n_heads - 1)
+        def layer(key, default):
+            return self._layer(key, get(self.cfg, key), default)
+
+        def head(key, default):
+            return self._head(key, get(self.cfg, key), default)
+        target = ("target", layer("intervention.target.layer", middle), head("intervention.target.head", 0))
+        control_layer = layer("intervention.control.layer", target[1])
+        control_head = head("intervention.control.head", self.layout.n_heads - 1)
         heads = [target]
         if (control_layer, control_head) != target[1:]:
             heads.append(("control", control_layer, control_head))
@@ -124,52 +126,44 @@ class Observe(SpectraTask):
         cfg = self.cfg
         layers = get(cfg, "observe.layers")
         self.layers = (list(range(self.layout.n_layers)) if layers is None
-                       else sorted({self._check_layer_value("observe.layers", v) for v in layers}))
+                       else sorted({self._layer("observe.layers", v) for v in layers}))
         self.significance = Significance(
             p_max=require(cfg, "observe.p_max", lambda v: 0 < v < 1, "must be in (0, 1)"),
             min_abs_r=require(cfg, "observe.min_abs_r", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
             consistent_fraction=require(cfg, "observe.consistent_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"))
-        self.scatter_heads = [(self._check_layer_value("observe.scatter_heads", lh[0]),
-                               self._check_head_value("observe.scatter_heads", lh[1]))
+        self.scatter_heads = [(self._layer("observe.scatter_heads", lh[0]), self._head("observe.scatter_heads", lh[1]))
                               for lh in get(cfg, "observe.scatter_heads") or []]
-
-    def _check_layer_value(self, key: str, value) -> int:
-        if not isinstance(value, int) or not 0 <= value < self.layout.n_layers:
-            raise ConfigError(key, f"layer {value!r} does not exist: the model has {self.layout.n_layers} layers")
-        return value
-
-    def _check_head_value(self, key: str, value) -> int:
-        if not isinstance(value, int) or not 0 <= value < self.layout.n_heads:
-            raise ConfigError(key, f"head {value!r} does not exist: the model has {self.layout.n_heads} heads")
-        return value
 
     def analyse(self) -> dict[str, float]:
         from spectra import figures
-        from spectra.observe import (TOKEN_COLUMNS, ScatterSample, head_rows, layer_rows, per_head,
-                                     significant_rows, token_columns)
+        from spectra.observe import (SIGNIFICANT_COLUMNS, TOKEN_COLUMNS, HeadStats, ScatterSample, head_columns,
+                                     head_summary_columns, significant_columns, token_columns)
         from spectra.probe import measure
         cfg, tables = self.cfg, self.tables_dir
-        scatter = ScatterSample(int(cfg.observe.scatter_points), self.n_tokens // max(1, len(self.texts))
-                                * len(self.texts), self.metrics, int(cfg.seed))
-        summary: list[dict] = []
+        scatter = ScatterSample(int(cfg.observe.scatter_points), self.n_tokens, self.metrics, int(cfg.seed))
+        stats = HeadStats(self.layout.n_layers, self.layout.n_heads, self.metrics, self.significance)
         write_tokens = bool(cfg.observe.token_table)
+        # every table streams: what stays in memory is fixed by the model's shape (HeadStats, the scatter sample)
         with CsvStream(tables / "tokens.csv", TOKEN_COLUMNS) as tokens, \
+                CsvStream(tables / "head_summary.csv", head_summary_columns(self.metrics)) as summary, \
+                CsvStream(tables / "significant_heads.csv", SIGNIFICANT_COLUMNS) as significant, \
                 progress_bar(len(self.texts), "observe", unit="samples") as bar:
             for start, batch in self.encoded:
                 for layer, measured in measure(self.lm, batch, self.layers, skip_first=self.skip_first).items():
-                    summary += head_rows(start, layer, measured, self.metrics)
+                    cols = head_columns(start, layer, measured, self.metrics)
+                    summary.write(**cols)
+                    significant.write(**significant_columns(cols, self.metrics, self.significance))
+                    stats.add(cols)
                     scatter.add(layer, measured)
                     if write_tokens:
                         tokens.write(**token_columns(start, layer, measured, batch["input_ids"]))
                 bar.update(len(batch["input_ids"]))
         if not write_tokens:
             (tables / "tokens.csv").unlink()
-        write_csv(tables / "head_summary.csv", summary)
-        heads = per_head(summary, self.metrics, self.significance)
-        write_csv(tables / "significant_heads.csv", significant_rows(summary, self.metrics, self.significance))
+        heads = stats.head_rows()
         write_csv(tables / "consistent_heads.csv", [h for h in heads if h["consistent"]])
         write_csv(tables / "head_correlations.csv", heads)
-        layers = layer_rows(summary, self.metrics, self.significance)
+        layers = stats.layer_rows()
         write_csv(tables / "layer_statistics.csv", layers)
 
         n_layers, n_heads = self.layout.n_layers, self.layout.n_heads
@@ -187,11 +181,11 @@ class Observe(SpectraTask):
                             self.figures_dir / f"scatter_L{layer}_H{head}.png", r)
 
         metrics: dict[str, float] = {"n_samples": len(self.texts), "n_tokens": self.n_tokens,
-                                     "n_token_rows": tokens.rows}
+                                     "n_token_rows": tokens.rows, "n_significant": significant.rows}
         for m in self.metrics:
-            r = np.array([x[f"r_{m}"] for x in summary])
-            finite = np.isfinite(r)
-            metrics[f"mean_abs_r_{m}"] = float(np.abs(r[finite]).mean()) if finite.any() else 0.0
+            row = [x for x in layers if x["metric"] == m]
+            n = sum(x["n"] for x in row)
+            metrics[f"mean_abs_r_{m}"] = sum(x["mean_abs_r"] * x["n"] for x in row) / n if n else 0.0
             mine = [h for h in heads if h["metric"] == m]
             metrics[f"fraction_significant_{m}"] = float(np.mean([h["fraction_significant"] for h in mine]))
             metrics[f"consistent_heads_{m}"] = sum(h["consistent"] for h in mine)

@@ -74,3 +74,15 @@ def assert_resumed_log(log: list[dict], reference: list[dict]) -> None:
     assert [r for r in log if is_train(r)] == [r for r in reference if is_train(r)]
     others = [r for r in reference if not is_train(r)]
     assert all(r in others for r in log if not is_train(r))
+
+
+def execute_notebook(name: str, monkeypatch) -> list:
+    """Run notebooks/<name> top to bottom in a fresh kernel from the repository root, drawing inline
+    as for a person; returns every code cell's outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.delenv("MPLBACKEND", raising=False)   # the kernel draws inline
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO)}}).execute()
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
