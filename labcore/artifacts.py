@@ -32,6 +32,9 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # renaming over a device (os.devnull) or a directory would replace it with a regular file
+        raise ValueError(f"{path} exists and is not a regular file: refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -209,3 +209,17 @@ def test_recorded_sha256_is_the_file_hash(tmp_path):
     assert recorded_sha256(entry, "a.npy") == sha256_file(entry / "a.npy")
     (entry / "files.json").unlink()
     assert recorded_sha256(entry, "a.npy") == sha256_file(entry / "a.npy")
+
+
+def test_atomic_write_refuses_to_replace_a_special_file_or_directory(tmp_path):
+    """Renaming over os.devnull once turned this machine's /dev/null into a regular file (a benchmark
+    passed it as a table path). A FIFO stands in for the device here."""
+    import os
+
+    from labcore.artifacts import atomic_write_text
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(ValueError, match="not a regular file"):
+            atomic_write_text(target, "x")
+    assert not fifo.is_file()
