@@ -74,6 +74,31 @@ class EpochBatches:
         pass
 
 
+class StepBatches:
+    """One batch per training step, a function of (seed, step) alone: `make(step, generator)` with a
+    generator seeded from both. A resumed fit starts at the step its checkpoint had reached (read from
+    the trainer through `position`, as `EpochBatches` does) and sees exactly the batches an
+    uninterrupted run would have (random windows of a text, for instance)."""
+
+    def __init__(self, make, steps: int, seed: int, position=None):
+        self.make, self.steps, self.seed = make, steps, seed
+        self.position = position or (lambda: (0, 0))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        _, done = self.position()
+        for step in range(done, self.steps):
+            yield self.make(step, torch.Generator().manual_seed(self.seed * 1_000_003 + step))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def batch_loader(*arrays, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
     """Batches of rows: shuffled per epoch (`EpochBatches`, iterating epoch 0) or in order."""
     if shuffle:

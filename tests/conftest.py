@@ -31,6 +31,16 @@ SPECTRA_TINY = [
 ]
 
 
+# A nanodesmo run in seconds: a 1-layer GPT on 20k characters, 40 steps, every regime (scaled).
+NANODESMO_TINY = [
+    f"paths.data_dir={SHAKESPEARE.parent.parent}", "dataset.max_chars=20000", "dataset.block_size=16",
+    "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.d_mlp=64",
+    "train.max_iters=40", "train.batch_size=4", "train.warmup_iters=2",
+    "train.eval_interval=20", "train.eval_iters=2", "train.probe_size=4", "train.state_effect_every=10",
+    "regime=all_examples", "checkpoint.every_n_steps=5", "trainer.enable_progress_bar=false",
+]
+
+
 def compose(overrides: list[str] = (), line: str = "sae_lab"):
     from labcore.paths import compose as lab_compose
     return lab_compose(line, overrides)

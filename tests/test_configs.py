@@ -7,10 +7,10 @@ import pytest
 
 from labcore import run
 from labcore.paths import CONFIG_DIR, compose
-from tests.conftest import SPECTRA_TINY, TINY
+from tests.conftest import NANODESMO_TINY, SPECTRA_TINY, TINY
 
 # How to shrink each line's jobs to seconds. A new line must add its entry here.
-SHRINK = {"sae_lab": TINY, "spectra": SPECTRA_TINY}
+SHRINK = {"sae_lab": TINY, "spectra": SPECTRA_TINY, "nanodesmo": NANODESMO_TINY}
 
 LINES = sorted(d.name for d in Path(CONFIG_DIR).iterdir() if (d / f"{d.name}.yaml").exists())
 CASES = [(line, None) for line in LINES] + [

@@ -1,0 +1,15 @@
+"""Held-out loss of a (self-state) GPT in eval mode."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, state: torch.Tensor | None = None) -> float:
+    was = model.training
+    model.eval()
+    losses = [F.cross_entropy(model(x, state=state).flatten(0, 1), y.flatten()) for x, y in batches]
+    model.train(was)
+    return float(torch.stack(losses).mean())
