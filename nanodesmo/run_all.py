@@ -1,0 +1,106 @@
+"""`python -m nanodesmo.run_all`: the Nanodesmo pipeline, phase by phase, resumable.
+
+    python -m nanodesmo.run_all --dry-run        # phases, commands, what is complete; nothing runs or is written
+    python -m nanodesmo.run_all                  # run what is not complete (finished phases are skipped)
+    python -m nanodesmo.run_all --resume         # the same, said explicitly
+    python -m nanodesmo.run_all --only frozen_test_shakespeare
+    python -m nanodesmo.run_all --smoke          # tiny iteration counts and model (CI)
+    python -m nanodesmo.run_all --restart        # redo every phase
+    python -m nanodesmo.run_all hydra/launcher=slurm_gpu   # extra overrides go to every training suite
+
+Phases (built so far): shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
+vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, collect_figures, checklist.
+Not built yet (issue 10): the OpenWebText, memory and controls suites, swaps, separability, lead-lag,
+MLP and composite ("desmotic") analyses.
+
+A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
+runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
+original's validation list) is printed and saved to <out>/checklist.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from labcore.orchestrate import Pipeline, Stage, add_pipeline_arguments, run_pipeline_cli
+
+SMOKE = ["dataset.max_chars=50000", "dataset.block_size=32", "model.n_layer=2", "model.n_head=2",
+         "model.d_model=64", "model.d_mlp=128", "train.max_iters=200", "train.batch_size=8",
+         "train.warmup_iters=10", "train.eval_interval=100", "train.eval_iters=4", "checkpoint.every_n_steps=50",
+         "trainer.enable_progress_bar=false"]
+SUITES = {"shakespeare": "shakespeare_core"}
+FIGURES = {  # collected figure -> where a phase leaves it (relative to the output dir)
+    "frozen-weight-test.png": "shakespeare/frozen_test/frozen_test.png",
+    "perturbation/regime-deltas.png": "shakespeare/regimes_all/regime_deltas/regime_deltas.png",
+    "perturbation/regime-delta-scatter.png": "shakespeare/regimes_all/regime_deltas/regime_delta_scatter.png",
+    "controls/vanilla-regime-deltas.png": "shakespeare/vanilla_regimes/regime_deltas/regime_deltas.png",
+}
+
+
+def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
+    from labcore.sweep import sweep_complete
+    from nanodesmo.analyses import run_frozen_test, run_regime_deltas
+    train = [sys.executable, "-m", "nanodesmo.train", "-m", *(SMOKE if smoke else []), *overrides]
+
+    def suite(name):
+        return Stage(name, command=[*train, f"experiment={SUITES[name]}", f"hydra.sweep.dir={out / name}"],
+                     complete=lambda: sweep_complete(out / name), what=f"train the {SUITES[name]} suite")
+
+    def frozen(values):
+        result = run_frozen_test(out / "shakespeare" / "self_analysis", out / "shakespeare" / "frozen_test",
+                                 batch_size=8 if smoke else 32, n_random=10 if smoke else 50)
+        return {k: result[k] for k in ("effect_size", "effect_ci_low", "effect_ci_high", "passes")}
+
+    def deltas(values):
+        return [str(run_regime_deltas(out / "shakespeare" / run)) for run in ("regimes_all", "vanilla_regimes")]
+
+    return [
+        suite("shakespeare"),
+        Stage("frozen_test_shakespeare", call=frozen, what="frozen-weight causal test of shakespeare/self_analysis",
+              dry_run_value={"effect_size": "<effect>"}),
+        Stage("regime_deltas_shakespeare", call=deltas, what="regime deltas of regimes_all and vanilla_regimes"),
+        Stage("collect_figures", call=lambda values: collect_figures(out), what=f"copy figures into {out / 'figures'}"),
+        Stage("checklist", call=lambda values: checklist(out, values), what="the original's validation checklist"),
+    ]
+
+
+def collect_figures(out: Path) -> list[str]:
+    copied = []
+    for name, source in FIGURES.items():
+        if (out / source).exists():
+            target = out / "figures" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / source, target)
+            copied.append(name)
+    return copied
+
+
+def checklist(out: Path, values: dict) -> dict:
+    from labcore.artifacts import atomic_write_json
+    frozen = values.get("frozen_test_shakespeare") or {}
+    items = {f"figure {name} exists": (out / "figures" / name).exists() for name in FIGURES}
+    items["frozen-weight effect > 0.3 (Shakespeare; the original: 0.35)"] = bool(frozen.get("passes"))
+    for item, ok in items.items():
+        print(f"[{'x' if ok else ' '}] {item}", flush=True)
+    atomic_write_json(out / "checklist.json", {"items": items, "frozen_test_shakespeare": frozen})
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nanodesmo.run_all", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every training suite")
+    p.add_argument("--out", type=Path, default=Path("outputs/nanodesmo_pipeline"), help="the pipeline's directory")
+    p.add_argument("--smoke", action="store_true", help="tiny model and iteration counts (minutes on a CPU)")
+    p.add_argument("--resume", action="store_true", help="skip finished phases and runs (the default)")
+    add_pipeline_arguments(p)
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    return run_pipeline_cli(Pipeline("nanodesmo", stages(out, args.overrides, args.smoke), out), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Analyses of nanodesmo runs: regime deltas on a synthetic log, the frozen-weight test on models
+whose state does or does not matter, and the pipeline end to end (--smoke, --dry-run, resume)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from labcore.datasets.text import CharText
+from labcore.models.gpt import GPTConfig
+from nanodesmo.analyses import regime_deltas
+from nanodesmo.frozen_test import frozen_test
+from nanodesmo.model import SelfStateConfig, SelfStateGPT
+from tests.conftest import REPO, SHAKESPEARE
+
+
+def test_regime_deltas_of_a_synthetic_log():
+    log = [{"step": s, "loss": 1.0 + (2.0 if 10 <= s < 15 else 0.0), "stats_entropy": 3.0, "stats_top1_conf": 0.5,
+            "self_drift": 0.1 * (s >= 10), "regime_fog": float(10 <= s < 15), "regime_clamp": float(20 <= s < 22),
+            **({"state_effect": 0.2} if s % 5 == 0 else {})} for s in range(30)]
+    rows = {r["regime"]: r for r in regime_deltas(log, baseline_steps=4)}
+    fog = rows["fog"]
+    assert (fog["start"], fog["end"], fog["baseline_steps"]) == (10, 15, 4)
+    assert fog["loss_delta"] == pytest.approx(2.0) and fog["stats_entropy_delta"] == 0
+    assert fog["self_drift_delta"] == pytest.approx(0.1)
+    clamp = rows["clamp"]
+    assert clamp["baseline_steps"] == 4 and clamp["loss_delta"] == pytest.approx(0.0)   # steps 16-19: regime-free
+
+
+def tiny_model(proj_scale: float, unembed_scale: float = 1.0):
+    data = CharText(SHAKESPEARE, block_size=16, max_chars=20000)
+    torch.manual_seed(0)
+    model = SelfStateGPT(GPTConfig(vocab_size=data.vocab_size, block_size=16, n_layer=1, n_head=2, d_model=32,
+                                   d_mlp=64), SelfStateConfig(dim=8))
+    with torch.no_grad():
+        model.self_state.proj.weight.mul_(proj_scale)
+        model.gpt.unembed.weight.mul_(unembed_scale)   # peaked outputs, so entropy can move both ways
+    return model, data
+
+
+def test_frozen_test_finds_no_effect_where_the_state_cannot_act():
+    model, data = tiny_model(0.0)
+    r = frozen_test(model, data, batch_size=4, n_random=5, n_dims=2)
+    assert r["effect_size"] == 0 and not r["passes"]
+    assert r["entropy"]["confident"] == r["entropy"]["zero"] == r["entropy"]["random"]
+
+
+def test_frozen_test_finds_the_dimensions_that_move_entropy():
+    model, data = tiny_model(50.0, 30.0)     # a state that dominates the embedding
+    r = frozen_test(model, data, batch_size=4, n_random=5, n_dims=2)
+    assert r["entropy"]["confident"] < r["entropy"]["zero"] < r["entropy"]["uncertain"]
+    assert r["effect_ci_low"] <= r["effect_size"] <= r["effect_ci_high"]
+    assert set(r["confident_dims"]).isdisjoint(r["uncertain_dims"])
+    assert r["sign_consistency"] == 1.0
+    assert all(not p.requires_grad for p in model.parameters())          # frozen
+
+
+@pytest.mark.slow
+def test_pipeline_smoke_dry_run_and_resume(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LAB_DATA_DIR": str(SHAKESPEARE.parent.parent)}
+    out = tmp_path / "pipe"
+
+    def run_all(*args):
+        p = subprocess.run([sys.executable, "-m", "nanodesmo.run_all", "--smoke", "--out", str(out), *args,
+                            "train.max_iters=60", "train.eval_interval=30", f"paths.cache_dir={tmp_path / 'cache'}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        return p.stdout
+
+    plan = run_all("--dry-run")
+    assert "shakespeare: would run" in plan and not out.exists()          # a dry run writes nothing
+    run_all()
+    checklist = json.loads((out / "checklist.json").read_text())
+    assert all(v for k, v in checklist["items"].items() if k.startswith("figure"))
+    for run in ("self_analysis", "regimes_all", "baseline", "vanilla_regimes"):
+        assert (out / "shakespeare" / run / "metrics.json").exists()
+        assert (out / "shakespeare" / run / "reaction_log.jsonl").exists()
+    frozen = json.loads((out / "shakespeare" / "frozen_test" / "frozen_test_results.json").read_text())
+    assert frozen["effect_size"] >= 0 and "confident_dims" in frozen
+    assert (out / "shakespeare" / "regimes_all" / "regime_deltas" / "regime_deltas.csv").exists()
+    again = run_all("--resume")
+    assert again.count("skipped") + again.count("skip") >= 5 and "exit 0 after" not in again
