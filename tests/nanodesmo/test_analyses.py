@@ -14,7 +14,7 @@ from labcore.models.gpt import GPTConfig
 from nanodesmo.analyses import regime_deltas
 from nanodesmo.frozen_test import frozen_test
 from nanodesmo.model import SelfStateConfig, SelfStateGPT
-from tests.conftest import REPO, SHAKESPEARE
+from tests.conftest import REPO, SHAKESPEARE, execute_notebook
 
 
 def test_regime_deltas_of_a_synthetic_log():
@@ -59,7 +59,7 @@ def test_frozen_test_finds_the_dimensions_that_move_entropy():
 
 
 @pytest.mark.slow
-def test_pipeline_smoke_dry_run_and_resume(tmp_path):
+def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LAB_DATA_DIR": str(SHAKESPEARE.parent.parent)}
     out = tmp_path / "pipe"
 
@@ -83,3 +83,7 @@ def test_pipeline_smoke_dry_run_and_resume(tmp_path):
     assert (out / "shakespeare" / "regimes_all" / "regime_deltas" / "regime_deltas.csv").exists()
     again = run_all("--resume")
     assert again.count("skipped") + again.count("skip") >= 5 and "exit 0 after" not in again
+    monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
+    outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum(1 for o in outputs if "image/png" in o.get("data", {})) == 3   # reactions, frozen test, deltas
