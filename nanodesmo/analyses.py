@@ -2,6 +2,8 @@
 
     python -m nanodesmo.analyses frozen_test RUN_DIR      # RUN_DIR/frozen_test/{frozen_test_results.json, frozen_test.png}
     python -m nanodesmo.analyses regime_deltas RUN_DIR    # RUN_DIR/regime_deltas/{regime_deltas.csv, regime_deltas.png, regime_delta_scatter.png}
+    python -m nanodesmo.analyses separability RUN_DIR     # RUN_DIR/separability/{separability.json, separability.png}
+    python -m nanodesmo.analyses leadlag RUN_DIR          # RUN_DIR/leadlag/{leadlag.csv, state_effect_leadlag.png}
 
 Regime deltas: for each regime, its baseline is the last `baseline_steps` (100) regime-free steps
 before it starts, "during" its own steps; delta = mean(during) - mean(baseline) for loss,
@@ -44,6 +46,122 @@ def regime_deltas(log: list[dict], baseline_steps: int = 100) -> list[dict]:
             row[f"{f}_delta"] = row[f"{f}_during"] - row[f"{f}_baseline"]
         rows.append(row)
     return rows
+
+
+SEPARABILITY_FEATURES = ("loss", "stats_entropy", "stats_top1_conf", "grad_norm", "self_norm", "self_delta",
+                         "self_drift")
+
+
+def chunks(log: list[dict], size: int = 10) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features [n, f], labels [n], label names): consecutive `size`-step chunks lying wholly in one
+    regime or wholly regime-free ("none"), each described by the mean of SEPARABILITY_FEATURES."""
+    names = regime_names(log)
+    features = [f for f in SEPARABILITY_FEATURES if log and f in log[0]]
+    x, y = [], []
+    for start in range(0, len(log) - size + 1, size):
+        part = log[start:start + size]
+        labels = {next((n for n in names if r[f"regime_{n}"]), "none") for r in part}
+        if len(labels) == 1:
+            x.append([np.mean([r[f] for r in part]) for f in features])
+            y.append(["none", *names].index(labels.pop()))
+    return np.array(x, dtype=np.float64), np.array(y), ["none", *names]
+
+
+def logistic_cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, epochs: int = 300) -> float:
+    """Mean held-out accuracy of a multinomial logistic regression (standardised features, L2 1e-3,
+    full-batch Adam) over `folds` folds of a seeded shuffle."""
+    import torch
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_classes = int(y.max()) + 1
+    correct = 0
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+        xt = torch.tensor((x[train] - mu) / sd, dtype=torch.float32)
+        yt = torch.tensor(y[train])
+        torch.manual_seed(seed + k)
+        layer = torch.nn.Linear(x.shape[1], n_classes)
+        opt = torch.optim.Adam(layer.parameters(), lr=0.05, weight_decay=1e-3)
+        for _ in range(epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(layer(xt), yt).backward()
+            opt.step()
+        with torch.no_grad():
+            pred = layer(torch.tensor((x[test] - mu) / sd, dtype=torch.float32)).argmax(-1).numpy()
+        correct += int((pred == y[test]).sum())
+    return correct / len(y)
+
+
+def separability(log: list[dict], size: int = 10, folds: int = 5, shuffles: int = 20, seed: int = 0) -> dict:
+    """5-fold accuracy of telling regimes apart from the reaction log's chunks, against the same
+    classifier on shuffled labels (the chance level of this label mix)."""
+    x, y, labels = chunks(log, size)
+    if len(y) < 2 * folds or len(set(y.tolist())) < 2:
+        raise ValueError(f"too few labelled {size}-step chunks ({len(y)}, {len(set(y.tolist()))} classes) "
+                         "to cross-validate: a longer run or smaller chunks")
+    accuracy = logistic_cv_accuracy(x, y, folds, seed)
+    rng = np.random.default_rng(seed + 1)
+    shuffled = [logistic_cv_accuracy(x, rng.permutation(y), folds, seed) for _ in range(shuffles)]
+    return {"accuracy": accuracy, "shuffled_mean": float(np.mean(shuffled)),
+            "shuffled_p95": float(np.percentile(shuffled, 95)),
+            "p_value": float((1 + sum(s >= accuracy for s in shuffled)) / (1 + shuffles)),
+            "n_chunks": int(len(y)), "chunk_steps": size, "labels": labels,
+            "counts": {labels[i]: int((y == i).sum()) for i in range(len(labels))}}
+
+
+def leadlag(log: list[dict], targets=("loss", "stats_entropy"), max_lag: int = 50) -> list[dict]:
+    """Pearson r of state_effect(t) with target(t + lag), lag -max_lag..max_lag (steps that have both)."""
+    by_step = {r["step"]: r for r in log}
+    effect = {r["step"]: r["state_effect"] for r in log if "state_effect" in r}
+    rows = []
+    for lag in range(-max_lag, max_lag + 1):
+        row = {"lag": lag}
+        for t in targets:
+            pairs = [(v, by_step[s + lag][t]) for s, v in effect.items() if s + lag in by_step and t in by_step[s + lag]]
+            a, b = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
+            ok = len(pairs) >= 3 and a.std() > 0 and b.std() > 0
+            row[f"r_{t}"] = float(np.corrcoef(a, b)[0, 1]) if ok else float("nan")
+            row[f"n_{t}"] = len(pairs)
+        rows.append(row)
+    return rows
+
+
+def run_separability(run_dir: Path, out: Path | None = None) -> dict:
+    from labcore.artifacts import atomic_write_json
+    from labcore.plotting import save_figure, subplots
+    from nanodesmo.runs import read_reaction_log
+    out = out or run_dir / "separability"
+    log = read_reaction_log(run_dir)
+    # 10-step chunks on the original's 2000 steps; shorter runs (their regimes scaled) use shorter chunks
+    result = separability(log, size=max(2, round(10 * len(log) / 2000)))
+    atomic_write_json(out / "separability.json", result)
+    fig, ax = subplots(figsize=(4.5, 3.4))
+    ax.bar(["regime labels", "shuffled (mean)", "shuffled (p95)"],
+           [result["accuracy"], result["shuffled_mean"], result["shuffled_p95"]], color=["tab:blue", "grey", "grey"])
+    ax.set_ylabel("5-fold accuracy")
+    ax.set_title(f"{result['n_chunks']} chunks of {result['chunk_steps']} steps, p = {result['p_value']:.3f}")
+    save_figure(fig, out / "separability.png")
+    return result
+
+
+def run_leadlag(run_dir: Path, out: Path | None = None) -> Path:
+    from labcore.plotting import save_figure, subplots
+    from labcore.tables import write_csv
+    from nanodesmo.runs import read_reaction_log
+    out = out or run_dir / "leadlag"
+    rows = leadlag(read_reaction_log(run_dir))
+    write_csv(out / "leadlag.csv", rows)
+    fig, ax = subplots(figsize=(5.5, 3.4))
+    for t in ("loss", "stats_entropy"):
+        ax.plot([r["lag"] for r in rows], [r[f"r_{t}"] for r in rows], label=t)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("lag (steps): state_effect(t) vs target(t + lag)")
+    ax.set_ylabel("Pearson r")
+    ax.legend()
+    save_figure(fig, out / "state_effect_leadlag.png")
+    return out
 
 
 def run_regime_deltas(run_dir: Path, out: Path | None = None) -> Path:
@@ -95,12 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--n-random", type=int, default=50)
     r = sub.add_parser("regime_deltas", help="each regime's effect on the reaction log")
     r.add_argument("run_dir", type=Path)
+    s = sub.add_parser("separability", help="can the reaction log tell the regimes apart (vs shuffled labels)?")
+    s.add_argument("run_dir", type=Path)
+    ll = sub.add_parser("leadlag", help="state_effect(t) against loss / entropy (t + lag)")
+    ll.add_argument("run_dir", type=Path)
     args = p.parse_args(argv)
     try:
         if args.analysis == "frozen_test":
             result = run_frozen_test(args.run_dir, batch_size=args.batch_size, n_random=args.n_random)
             print(json.dumps({k: result[k] for k in ("effect_size", "effect_ci_low", "effect_ci_high", "passes",
                                                      "sign_consistency", "random_pair_diff_p95")}, indent=1))
+        elif args.analysis == "separability":
+            result = run_separability(args.run_dir)
+            print(json.dumps({k: result[k] for k in ("accuracy", "shuffled_mean", "shuffled_p95", "p_value", "n_chunks")}))
+        elif args.analysis == "leadlag":
+            print(f"wrote {run_leadlag(args.run_dir)}")
         else:
             print(f"wrote {run_regime_deltas(args.run_dir)}")
     except (FileNotFoundError, ValueError) as e:

@@ -9,9 +9,9 @@
     python -m nanodesmo.run_all hydra/launcher=slurm_gpu   # extra overrides go to every training suite
 
 Phases (built so far): shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
-vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, collect_figures, checklist.
-Not built yet (issue 10): the OpenWebText, memory and controls suites, swaps, separability, lead-lag,
-MLP and composite ("desmotic") analyses.
+vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
+leadlag_shakespeare, collect_figures, checklist. Not built yet (issue 10): the OpenWebText, memory and
+controls suites, swaps, MLP and composite ("desmotic") analyses.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -37,12 +37,14 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
     "perturbation/regime-deltas.png": "shakespeare/regimes_all/regime_deltas/regime_deltas.png",
     "perturbation/regime-delta-scatter.png": "shakespeare/regimes_all/regime_deltas/regime_delta_scatter.png",
     "controls/vanilla-regime-deltas.png": "shakespeare/vanilla_regimes/regime_deltas/regime_deltas.png",
+    "perturbation/regime-separability.png": "shakespeare/regimes_all/separability/separability.png",
+    "controls/state-effect-leadlag.png": "shakespeare/regimes_all/leadlag/state_effect_leadlag.png",
 }
 
 
 def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
     from labcore.sweep import sweep_complete
-    from nanodesmo.analyses import run_frozen_test, run_regime_deltas
+    from nanodesmo.analyses import run_frozen_test, run_leadlag, run_regime_deltas, run_separability
     train = [sys.executable, "-m", "nanodesmo.train", "-m", *(SMOKE if smoke else []), *overrides]
 
     def suite(name):
@@ -62,6 +64,10 @@ def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
         Stage("frozen_test_shakespeare", call=frozen, what="frozen-weight causal test of shakespeare/self_analysis",
               dry_run_value={"effect_size": "<effect>"}),
         Stage("regime_deltas_shakespeare", call=deltas, what="regime deltas of regimes_all and vanilla_regimes"),
+        Stage("separability_shakespeare", what="can regimes_all's reaction log tell the regimes apart?",
+              call=lambda values: run_separability(out / "shakespeare" / "regimes_all")["accuracy"]),
+        Stage("leadlag_shakespeare", what="state_effect(t) vs loss / entropy (t + lag) of regimes_all",
+              call=lambda values: str(run_leadlag(out / "shakespeare" / "regimes_all"))),
         Stage("collect_figures", call=lambda values: collect_figures(out), what=f"copy figures into {out / 'figures'}"),
         Stage("checklist", call=lambda values: checklist(out, values), what="the original's validation checklist"),
     ]
