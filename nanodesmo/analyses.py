@@ -164,6 +164,78 @@ def run_leadlag(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
+def memory_decay(log: list[dict], baseline_steps: int = 100, fraction: float = 0.1) -> dict:
+    """How the state's drift reacts to, and recovers from, the run's (first) regime window: baseline =
+    mean self_drift over the regime-free steps before it; peak = max self_drift from its start on;
+    decay_steps = steps after the window until self_drift is back within `fraction` of the way from
+    baseline to peak (NaN: never within the run)."""
+    names = regime_names(log)
+    during = [r for r in log if any(r[f"regime_{n}"] for n in names)]
+    if not during:
+        raise ValueError("the reaction log has no regime steps")
+    start, end = during[0]["step"], during[-1]["step"] + 1
+    before = [r["self_drift"] for r in log if r["step"] < start][-baseline_steps:]
+    after = [r for r in log if r["step"] >= end]
+    baseline = float(np.mean(before)) if before else float("nan")
+    peak = max(r["self_drift"] for r in log if r["step"] >= start)
+    level = baseline + fraction * (peak - baseline)
+    back = next((r["step"] - end for r in after if r["self_drift"] <= level), float("nan"))
+    return {"window_start": start, "window_end": end, "drift_baseline": baseline, "drift_peak": float(peak),
+            "drift_during": float(np.mean([r["self_drift"] for r in during])), "decay_steps": back,
+            "loss_delta": float(np.mean([r["loss"] for r in during]) - np.mean([r["loss"] for r in log if r["step"] < start][-baseline_steps:]))}
+
+
+def run_memory_comparison(suite_dir: Path, runs: list[str]) -> Path:
+    """<suite>/memory_decay_summary.{csv,png}: memory_decay of each run, and its drift around the window."""
+    from labcore.plotting import save_figure, subplots
+    from labcore.tables import write_csv
+    from nanodesmo.runs import read_reaction_log
+    rows, logs = [], {}
+    for run in runs:
+        logs[run] = read_reaction_log(suite_dir / run)
+        rows.append({"run": run, **memory_decay(logs[run])})
+    write_csv(suite_dir / "memory_decay_summary.csv", rows)
+    fig, (ax, bx) = subplots(1, 2, figsize=(10, 3.6))
+    for run, log in logs.items():
+        ax.plot([r["step"] for r in log], [r["self_drift"] for r in log], linewidth=0.8, label=run)
+    ax.axvspan(rows[0]["window_start"], rows[0]["window_end"], color="grey", alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel("self_drift")
+    ax.legend(fontsize=7)
+    bx.bar([r["run"] for r in rows], [r["decay_steps"] for r in rows])
+    bx.set_ylabel("steps to recover after the window")
+    bx.tick_params(axis="x", rotation=30, labelsize=7)
+    save_figure(fig, suite_dir / "memory_decay_summary.png")
+    return suite_dir / "memory_decay_summary.csv"
+
+
+def run_controls_comparison(suite_dir: Path, runs: list[str]) -> Path:
+    """<suite>/controls_comparison.{csv,png}: the regime deltas of each control run side by side."""
+    from labcore.plotting import save_figure, subplots
+    from labcore.tables import write_csv
+    rows = []
+    for run in runs:
+        run_regime_deltas(suite_dir / run)
+        import csv
+        with open(suite_dir / run / "regime_deltas" / "regime_deltas.csv") as f:
+            rows += [{"run": run, **r} for r in csv.DictReader(f)]
+    write_csv(suite_dir / "controls_comparison.csv", rows)
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    fig, axes = subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / len(runs)
+    for ax, field in zip(axes, ("loss_delta", "self_drift_delta")):
+        for i, run in enumerate(runs):
+            values = [float(next((r[field] for r in rows if r["run"] == run and r["regime"] == g), "nan") or "nan")
+                      for g in regimes]
+            ax.bar(np.arange(len(regimes)) + i * width, values, width, label=run)
+        ax.set_xticks(np.arange(len(regimes)) + 0.4 - width / 2, regimes, rotation=30, fontsize=7)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(field)
+    axes[0].legend(fontsize=7)
+    save_figure(fig, suite_dir / "controls_comparison.png")
+    return suite_dir / "controls_comparison.csv"
+
+
 def run_regime_deltas(run_dir: Path, out: Path | None = None) -> Path:
     from labcore.plotting import save_figure, subplots
     from labcore.tables import write_csv

@@ -10,8 +10,9 @@
 
 Phases (built so far): shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
 vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
-leadlag_shakespeare, collect_figures, checklist. Not built yet (issue 10): the OpenWebText, memory and
-controls suites, swaps, MLP and composite ("desmotic") analyses.
+leadlag_shakespeare, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
+controls_fixed_bias_0.5 / 1.0, controls_comparison, collect_figures, checklist. Not built yet
+(issue 10): the OpenWebText suite, swaps, MLP and composite ("desmotic") analyses.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -31,7 +32,9 @@ SMOKE = ["dataset.max_chars=50000", "dataset.block_size=32", "model.n_layer=2", 
          "model.d_model=64", "model.d_mlp=128", "train.max_iters=200", "train.batch_size=8",
          "train.warmup_iters=10", "train.eval_interval=100", "train.eval_iters=4", "checkpoint.every_n_steps=50",
          "trainer.enable_progress_bar=false"]
-SUITES = {"shakespeare": "shakespeare_core"}
+SUITES = {"shakespeare": "shakespeare_core", "memory": "memory_buffer_grid", "controls": "reviewer_controls"}
+MEMORY_RUNS = ["mem_ema", "mem_buf_l64", "mem_buf_l128", "self_bewilderment"]
+CONTROL_RUNS = ["regimes_all", "vanilla_regimes", "self_dim1_regimes", "fixed_bias_0.5", "fixed_bias_1.0"]
 FIGURES = {  # collected figure -> where a phase leaves it (relative to the output dir)
     "frozen-weight-test.png": "shakespeare/frozen_test/frozen_test.png",
     "perturbation/regime-deltas.png": "shakespeare/regimes_all/regime_deltas/regime_deltas.png",
@@ -39,17 +42,32 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
     "controls/vanilla-regime-deltas.png": "shakespeare/vanilla_regimes/regime_deltas/regime_deltas.png",
     "perturbation/regime-separability.png": "shakespeare/regimes_all/separability/separability.png",
     "controls/state-effect-leadlag.png": "shakespeare/regimes_all/leadlag/state_effect_leadlag.png",
+    "memory/memory-decay-summary.png": "memory/memory_decay_summary.png",
+    "controls/controls-comparison.png": "controls/controls_comparison.png",
 }
 
 
 def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
     from labcore.sweep import sweep_complete
-    from nanodesmo.analyses import run_frozen_test, run_leadlag, run_regime_deltas, run_separability
-    train = [sys.executable, "-m", "nanodesmo.train", "-m", *(SMOKE if smoke else []), *overrides]
+    from nanodesmo.analyses import (run_controls_comparison, run_frozen_test, run_leadlag, run_memory_comparison,
+                                    run_regime_deltas, run_separability)
+    settings = [*(SMOKE if smoke else []), *overrides]
+    train = [sys.executable, "-m", "nanodesmo.train", *settings]                 # one run
+    sweep = [sys.executable, "-m", "nanodesmo.train", "-m", *settings]           # a suite (one multirun)
 
     def suite(name):
-        return Stage(name, command=[*train, f"experiment={SUITES[name]}", f"hydra.sweep.dir={out / name}"],
+        return Stage(name, command=[*sweep, f"experiment={SUITES[name]}", f"hydra.sweep.dir={out / name}"],
                      complete=lambda: sweep_complete(out / name), what=f"train the {SUITES[name]} suite")
+
+    def fixed_bias(x):
+        # a fixed random state at x times the controls suite's self-state run's final norm
+        def command(values):
+            norm = self_norm(out / "controls" / "regimes_all")
+            value = f"{x * norm:.6g}" if norm is not None else f"<{x} x the self_norm of controls/regimes_all>"
+            return [*train, "+run=fixed_bias_regimes", f"self_state.fixed_norm={value}",
+                    f"hydra.run.dir={out / 'controls' / f'fixed_bias_{x}'}"]
+        return Stage(f"controls_fixed_bias_{x}", command=command, what=f"fixed-bias control at {x} x the self run's norm",
+                     complete=lambda: (out / "controls" / f"fixed_bias_{x}" / "metrics.json").exists())
 
     def frozen(values):
         result = run_frozen_test(out / "shakespeare" / "self_analysis", out / "shakespeare" / "frozen_test",
@@ -68,9 +86,23 @@ def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
               call=lambda values: run_separability(out / "shakespeare" / "regimes_all")["accuracy"]),
         Stage("leadlag_shakespeare", what="state_effect(t) vs loss / entropy (t + lag) of regimes_all",
               call=lambda values: str(run_leadlag(out / "shakespeare" / "regimes_all"))),
+        suite("memory"),
+        Stage("memory_comparison", what="drift and recovery around the bewilderment window, per memory variant",
+              call=lambda values: str(run_memory_comparison(out / "memory", MEMORY_RUNS))),
+        suite("controls"),
+        fixed_bias(0.5), fixed_bias(1.0),
+        Stage("controls_comparison", what="regime deltas of the self-state run and every control",
+              call=lambda values: str(run_controls_comparison(out / "controls", CONTROL_RUNS))),
         Stage("collect_figures", call=lambda values: collect_figures(out), what=f"copy figures into {out / 'figures'}"),
         Stage("checklist", call=lambda values: checklist(out, values), what="the original's validation checklist"),
     ]
+
+
+def self_norm(run_dir: Path) -> float | None:
+    """The final state norm of a finished run (None before it exists: a dry run prints a placeholder)."""
+    import json
+    path = run_dir / "metrics.json"
+    return float(json.loads(path.read_text())["self_norm"]) if path.exists() else None
 
 
 def collect_figures(out: Path) -> list[str]:

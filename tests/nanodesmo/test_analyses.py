@@ -117,3 +117,15 @@ def test_leadlag_peaks_at_the_lag_built_in():
     rows = leadlag(synthetic_log(), max_lag=10)
     best = max(rows, key=lambda r: r["r_loss"])
     assert best["lag"] == 5 and best["r_loss"] == pytest.approx(1.0)
+
+
+def test_memory_decay_counts_the_steps_back_to_baseline():
+    from nanodesmo.analyses import memory_decay
+    drift = [0.1] * 50 + [1.0] * 10 + [0.5, 0.3, 0.15, 0.12, 0.1] + [0.1] * 10
+    log = [{"step": s, "self_drift": d, "loss": 2.0 + (s >= 50 and s < 60), "regime_bew": float(50 <= s < 60)}
+           for s, d in enumerate(drift)]
+    r = memory_decay(log)
+    assert (r["window_start"], r["window_end"]) == (50, 60)
+    assert r["drift_baseline"] == pytest.approx(0.1) and r["drift_peak"] == pytest.approx(1.0)
+    assert r["decay_steps"] == 2           # 0.15 <= 0.1 + 0.1 * 0.9 = 0.19 first at step 62
+    assert r["loss_delta"] == pytest.approx(1.0)
