@@ -10,6 +10,8 @@ import torch.nn.functional as F
 def evaluate_loss(model, batches, state: torch.Tensor | None = None) -> float:
     was = model.training
     model.eval()
-    losses = [F.cross_entropy(model(x, state=state).flatten(0, 1), y.flatten()) for x, y in batches]
+    device = next(model.parameters()).device
+    losses = [F.cross_entropy(model(x.to(device), state=state).flatten(0, 1), y.to(device).flatten())
+              for x, y in batches]
     model.train(was)
     return float(torch.stack(losses).mean())
