@@ -236,6 +236,67 @@ def run_controls_comparison(suite_dir: Path, runs: list[str]) -> Path:
     return suite_dir / "controls_comparison.csv"
 
 
+STATE_BUFFERS = ("state",)   # what a swap exchanges: the state vector (EMA, memory, statistics stay the run's own)
+
+
+def swap_checkpoints(a_dir: Path, b_dir: Path, step: int, out_dir: Path) -> dict[str, Path]:
+    """From runs a and b's checkpoints at `step`, the starting checkpoints of a with b's state and b
+    with a's (their own continuations are runs a and b themselves: a resumed run continues exactly
+    as an uninterrupted one). Returns {run name: checkpoint}."""
+    import torch
+
+    from labcore.artifacts import atomic_path
+    ckpts = {}
+    for name, d in (("a", a_dir), ("b", b_dir)):
+        path = d / "checkpoints" / f"step_{step}.ckpt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the swaps suite first")
+        ckpts[name] = torch.load(path, map_location="cpu", weights_only=False)
+    out = {}
+    for name, source, donor in (("a_swapped", "a", "b"), ("b_swapped", "b", "a")):
+        ckpt = dict(ckpts[source])
+        ckpt["state_dict"] = dict(ckpt["state_dict"])
+        for buf in STATE_BUFFERS:
+            key = f"model.self_state.{buf}"
+            ckpt["state_dict"][key] = ckpts[donor]["state_dict"][key].clone()
+        target = out_dir / name / "start.ckpt"
+        with atomic_path(target) as tmp:
+            torch.save(ckpt, tmp)
+        out[name] = target
+    return out
+
+
+def swap_summary(swaps_dir: Path, step: int, out_dir: Path, window: int = 100) -> Path:
+    """<out_dir>/swaps_summary.{csv,png}: each second half's (a and b continued, a and b swapped) loss,
+    self_drift, self_norm and state_effect right after the swap point (its first `window` steps) and
+    at the end (the last `window`)."""
+    from labcore.plotting import save_figure, subplots
+    from labcore.tables import write_csv
+    from nanodesmo.runs import read_reaction_log
+    rows, logs = [], {}
+    sources = {"a_continued": swaps_dir / "swap_a", "b_continued": swaps_dir / "swap_b",
+               "a_swapped": out_dir / "a_swapped", "b_swapped": out_dir / "b_swapped"}
+    for name, run_dir in sources.items():
+        log = logs[name] = [r for r in read_reaction_log(run_dir) if r["step"] >= step]
+        row = {"run": name, "first_step": log[0]["step"], "last_step": log[-1]["step"]}
+        for part, recs in (("after_swap", log[:window]), ("end", log[-window:])):
+            for f in ("loss", "self_drift", "self_norm", "state_effect"):
+                values = [r[f] for r in recs if f in r]
+                row[f"{f}_{part}"] = float(np.mean(values)) if values else float("nan")
+        rows.append(row)
+    write_csv(out_dir / "swaps_summary.csv", rows)
+    fig, axes = subplots(1, 3, figsize=(13, 3.4))
+    for ax, f in zip(axes, ("loss", "self_drift", "self_norm")):
+        for name, log in logs.items():
+            ax.plot([r["step"] for r in log], [r[f] for r in log], linewidth=0.8, label=name,
+                    linestyle="--" if name.endswith("swapped") else "-")
+        ax.set_title(f)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, out_dir / "swaps_summary.png")
+    return out_dir / "swaps_summary.csv"
+
+
 def run_regime_deltas(run_dir: Path, out: Path | None = None) -> Path:
     from labcore.plotting import save_figure, subplots
     from labcore.tables import write_csv

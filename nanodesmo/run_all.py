@@ -11,8 +11,9 @@
 Phases (built so far): shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
 vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
 leadlag_shakespeare, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
-controls_fixed_bias_0.5 / 1.0, controls_comparison, collect_figures, checklist. Not built yet
-(issue 10): the OpenWebText suite, swaps, MLP and composite ("desmotic") analyses.
+controls_fixed_bias_0.5 / 1.0, controls_comparison, swaps (runs a and b, checkpointed half way),
+swap_states, swap_a_swapped / swap_b_swapped (each resumed half way with the other's state),
+swaps_summary, collect_figures, checklist. Not built yet (issue 10): the OpenWebText suite, MLP and composite ("desmotic") analyses.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -32,7 +33,8 @@ SMOKE = ["dataset.max_chars=50000", "dataset.block_size=32", "model.n_layer=2", 
          "model.d_model=64", "model.d_mlp=128", "train.max_iters=200", "train.batch_size=8",
          "train.warmup_iters=10", "train.eval_interval=100", "train.eval_iters=4", "checkpoint.every_n_steps=50",
          "trainer.enable_progress_bar=false"]
-SUITES = {"shakespeare": "shakespeare_core", "memory": "memory_buffer_grid", "controls": "reviewer_controls"}
+SUITES = {"shakespeare": "shakespeare_core", "memory": "memory_buffer_grid", "controls": "reviewer_controls",
+          "swaps": "swaps"}
 MEMORY_RUNS = ["mem_ema", "mem_buf_l64", "mem_buf_l128", "self_bewilderment"]
 CONTROL_RUNS = ["regimes_all", "vanilla_regimes", "self_dim1_regimes", "fixed_bias_0.5", "fixed_bias_1.0"]
 FIGURES = {  # collected figure -> where a phase leaves it (relative to the output dir)
@@ -44,20 +46,30 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
     "controls/state-effect-leadlag.png": "shakespeare/regimes_all/leadlag/state_effect_leadlag.png",
     "memory/memory-decay-summary.png": "memory/memory_decay_summary.png",
     "controls/controls-comparison.png": "controls/controls_comparison.png",
+    "swaps/swaps-summary.png": "swaps_resumed/swaps_summary.png",
 }
 
 
 def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
     from labcore.sweep import sweep_complete
     from nanodesmo.analyses import (run_controls_comparison, run_frozen_test, run_leadlag, run_memory_comparison,
-                                    run_regime_deltas, run_separability)
+                                    run_regime_deltas, run_separability, swap_checkpoints, swap_summary)
     settings = [*(SMOKE if smoke else []), *overrides]
     train = [sys.executable, "-m", "nanodesmo.train", *settings]                 # one run
     sweep = [sys.executable, "-m", "nanodesmo.train", "-m", *settings]           # a suite (one multirun)
 
-    def suite(name):
-        return Stage(name, command=[*sweep, f"experiment={SUITES[name]}", f"hydra.sweep.dir={out / name}"],
+    def suite(name, *extra):
+        return Stage(name, command=[*sweep, f"experiment={SUITES[name]}", f"hydra.sweep.dir={out / name}", *extra],
                      complete=lambda: sweep_complete(out / name), what=f"train the {SUITES[name]} suite")
+
+    max_iters = next((int(o.split("=", 1)[1]) for o in reversed(settings) if o.startswith("train.max_iters=")), 2000)
+    swaps, resumed = out / "swaps", out / "swaps_resumed"
+
+    def swapped(name):
+        return Stage(f"swap_{name}", what=f"resume {name[0]} from the swap point with the other run's state",
+                     command=[*train, f"+run=swap_{name[0]}", f"ckpt_path={resumed / name / 'start.ckpt'}",
+                              f"hydra.run.dir={resumed / name}"],
+                     complete=lambda: (resumed / name / "metrics.json").exists())
 
     def fixed_bias(x):
         # a fixed random state at x times the controls suite's self-state run's final norm
@@ -93,6 +105,13 @@ def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
         fixed_bias(0.5), fixed_bias(1.0),
         Stage("controls_comparison", what="regime deltas of the self-state run and every control",
               call=lambda values: str(run_controls_comparison(out / "controls", CONTROL_RUNS))),
+        suite("swaps", f"++callbacks.swap_point.step={max_iters // 2}"),
+        Stage("swap_states", what=f"swap the states of runs a and b at step {max_iters // 2}",
+              call=lambda values: {k: str(v) for k, v in
+                                   swap_checkpoints(swaps / "swap_a", swaps / "swap_b", max_iters // 2, resumed).items()}),
+        swapped("a_swapped"), swapped("b_swapped"),
+        Stage("swaps_summary", what="loss, drift and state norm after the swap, swapped vs continued",
+              call=lambda values: str(swap_summary(swaps, max_iters // 2, resumed))),
         Stage("collect_figures", call=lambda values: collect_figures(out), what=f"copy figures into {out / 'figures'}"),
         Stage("checklist", call=lambda values: checklist(out, values), what="the original's validation checklist"),
     ]

@@ -120,3 +120,15 @@ class SelfStateLM(L.LightningModule):
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
 
+
+
+class SaveAtStep(L.Callback):
+    """Save a resumable checkpoint once `step` training steps are done (the swap experiment's
+    half-way point), to `<output_dir>/checkpoints/step_<step>.ckpt`."""
+
+    def __init__(self, step: int, dirpath: str):
+        self.step, self.dirpath = step, dirpath
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(f"{self.dirpath}/step_{self.step}.ckpt")

@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from labcore.steplog import read_step_log
+
 from labcore.datasets.text import CharText
 from labcore.models.gpt import GPTConfig
 from nanodesmo.analyses import regime_deltas
@@ -81,8 +83,18 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     frozen = json.loads((out / "shakespeare" / "frozen_test" / "frozen_test_results.json").read_text())
     assert frozen["effect_size"] >= 0 and "confident_dims" in frozen
     assert (out / "shakespeare" / "regimes_all" / "regime_deltas" / "regime_deltas.csv").exists()
+    for table in ("memory/memory_decay_summary.csv", "controls/controls_comparison.csv",
+                  "swaps_resumed/swaps_summary.csv", "shakespeare/regimes_all/separability/separability.json"):
+        assert (out / table).exists(), table
+    # the swapped runs resumed half way (step 30 of 60) with the other run's state, and went on to the end
+    for name in ("a_swapped", "b_swapped"):
+        steps = [r["step"] for r in read_step_log(out / "swaps_resumed" / name / "reaction_log.jsonl") if "loss" in r]
+        assert steps == list(range(30, 60))
+    a = torch.load(out / "swaps" / "swap_a" / "checkpoints" / "step_30.ckpt", weights_only=False)["state_dict"]
+    b_swapped = torch.load(out / "swaps_resumed" / "b_swapped" / "start.ckpt", weights_only=False)["state_dict"]
+    assert torch.equal(b_swapped["model.self_state.state"], a["model.self_state.state"])
     again = run_all("--resume")
-    assert again.count("skip") >= 7 and "exit 0 after" not in again
+    assert again.count(": skipped") == 18 and "running" not in again       # every phase skipped
     monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
     outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
