@@ -8,12 +8,13 @@
     python -m nanodesmo.run_all --restart        # redo every phase
     python -m nanodesmo.run_all hydra/launcher=slurm_gpu   # extra overrides go to every training suite
 
-Phases (built so far): shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
+Phases: shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
 vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
-leadlag_shakespeare, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
+leadlag_shakespeare, openwebtext (openwebtext_progress: OpenWebText streamed once when online, or
+--second-corpus FILE), frozen_test_openwebtext, regime_deltas_openwebtext, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
 controls_fixed_bias_0.5 / 1.0, controls_comparison, swaps (runs a and b, checkpointed half way),
 swap_states, swap_a_swapped / swap_b_swapped (each resumed half way with the other's state),
-swaps_summary, collect_figures, checklist. Not built yet (issue 10): the OpenWebText suite, MLP and composite ("desmotic") analyses.
+swaps_summary, collect_figures, checklist. Not built yet (issue 10): the MLP and composite ("desmotic") analyses, summary figures.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -33,12 +34,14 @@ SMOKE = ["dataset.max_chars=50000", "dataset.block_size=32", "model.n_layer=2", 
          "model.d_model=64", "model.d_mlp=128", "train.max_iters=200", "train.batch_size=8",
          "train.warmup_iters=10", "train.eval_interval=100", "train.eval_iters=4", "checkpoint.every_n_steps=50",
          "trainer.enable_progress_bar=false"]
-SUITES = {"shakespeare": "shakespeare_core", "memory": "memory_buffer_grid", "controls": "reviewer_controls",
-          "swaps": "swaps"}
+SUITES = {"shakespeare": "shakespeare_core", "openwebtext": "openwebtext_progress", "memory": "memory_buffer_grid",
+          "controls": "reviewer_controls", "swaps": "swaps"}
 MEMORY_RUNS = ["mem_ema", "mem_buf_l64", "mem_buf_l128", "self_bewilderment"]
 CONTROL_RUNS = ["regimes_all", "vanilla_regimes", "self_dim1_regimes", "fixed_bias_0.5", "fixed_bias_1.0"]
 FIGURES = {  # collected figure -> where a phase leaves it (relative to the output dir)
     "frozen-weight-test.png": "shakespeare/frozen_test/frozen_test.png",
+    "openwebtext/frozen-weight-test.png": "openwebtext/frozen_test/frozen_test.png",
+    "openwebtext/regime-deltas.png": "openwebtext/regimes_all/regime_deltas/regime_deltas.png",
     "perturbation/regime-deltas.png": "shakespeare/regimes_all/regime_deltas/regime_deltas.png",
     "perturbation/regime-delta-scatter.png": "shakespeare/regimes_all/regime_deltas/regime_delta_scatter.png",
     "controls/vanilla-regime-deltas.png": "shakespeare/vanilla_regimes/regime_deltas/regime_deltas.png",
@@ -50,7 +53,7 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
 }
 
 
-def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
+def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | None = None) -> list[Stage]:
     from labcore.sweep import sweep_complete
     from nanodesmo.analyses import (run_controls_comparison, run_frozen_test, run_leadlag, run_memory_comparison,
                                     run_regime_deltas, run_separability, swap_checkpoints, swap_summary)
@@ -81,23 +84,29 @@ def stages(out: Path, overrides: list[str], smoke: bool) -> list[Stage]:
         return Stage(f"controls_fixed_bias_{x}", command=command, what=f"fixed-bias control at {x} x the self run's norm",
                      complete=lambda: (out / "controls" / f"fixed_bias_{x}" / "metrics.json").exists())
 
-    def frozen(values):
-        result = run_frozen_test(out / "shakespeare" / "self_analysis", out / "shakespeare" / "frozen_test",
-                                 batch_size=8 if smoke else 32, n_random=10 if smoke else 50)
-        return {k: result[k] for k in ("effect_size", "effect_ci_low", "effect_ci_high", "passes")}
+    def frozen(corpus):
+        def call(values):
+            result = run_frozen_test(out / corpus / "self_analysis", out / corpus / "frozen_test",
+                                     batch_size=8 if smoke else 32, n_random=10 if smoke else 50)
+            return {k: result[k] for k in ("effect_size", "effect_ci_low", "effect_ci_high", "passes")}
+        return Stage(f"frozen_test_{corpus}", call=call, what=f"frozen-weight causal test of {corpus}/self_analysis",
+                     dry_run_value={"effect_size": "<effect>"})
 
     def deltas(values):
         return [str(run_regime_deltas(out / "shakespeare" / run)) for run in ("regimes_all", "vanilla_regimes")]
 
     return [
         suite("shakespeare"),
-        Stage("frozen_test_shakespeare", call=frozen, what="frozen-weight causal test of shakespeare/self_analysis",
-              dry_run_value={"effect_size": "<effect>"}),
+        frozen("shakespeare"),
         Stage("regime_deltas_shakespeare", call=deltas, what="regime deltas of regimes_all and vanilla_regimes"),
         Stage("separability_shakespeare", what="can regimes_all's reaction log tell the regimes apart?",
               call=lambda values: run_separability(out / "shakespeare" / "regimes_all")["accuracy"]),
         Stage("leadlag_shakespeare", what="state_effect(t) vs loss / entropy (t + lag) of regimes_all",
               call=lambda values: str(run_leadlag(out / "shakespeare" / "regimes_all"))),
+        suite("openwebtext", *([f"dataset.path={second_corpus}"] if second_corpus else [])),
+        frozen("openwebtext"),
+        Stage("regime_deltas_openwebtext", what="regime deltas of openwebtext/regimes_all",
+              call=lambda values: str(run_regime_deltas(out / "openwebtext" / "regimes_all"))),
         suite("memory"),
         Stage("memory_comparison", what="drift and recovery around the bewilderment window, per memory variant",
               call=lambda values: str(run_memory_comparison(out / "memory", MEMORY_RUNS))),
@@ -137,12 +146,15 @@ def collect_figures(out: Path) -> list[str]:
 
 def checklist(out: Path, values: dict) -> dict:
     from labcore.artifacts import atomic_write_json
-    frozen = values.get("frozen_test_shakespeare") or {}
     items = {f"figure {name} exists": (out / "figures" / name).exists() for name in FIGURES}
-    items["frozen-weight effect > 0.3 (Shakespeare; the original: 0.35)"] = bool(frozen.get("passes"))
+    for corpus, original in (("shakespeare", 0.35), ("openwebtext", 0.33)):
+        frozen = values.get(f"frozen_test_{corpus}") or {}
+        items[f"frozen-weight effect > 0.3 ({corpus}: {frozen.get('effect_size', float('nan')):.3f}; "
+              f"the original: {original})"] = bool(frozen.get("passes"))
     for item, ok in items.items():
         print(f"[{'x' if ok else ' '}] {item}", flush=True)
-    atomic_write_json(out / "checklist.json", {"items": items, "frozen_test_shakespeare": frozen})
+    atomic_write_json(out / "checklist.json", {"items": items, **{k: v for k, v in values.items()
+                                                                  if k.startswith("frozen_test_")}})
     return items
 
 
@@ -153,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("outputs/nanodesmo_pipeline"), help="the pipeline's directory")
     p.add_argument("--smoke", action="store_true", help="tiny model and iteration counts (minutes on a CPU)")
     p.add_argument("--resume", action="store_true", help="skip finished phases and runs (the default)")
+    p.add_argument("--second-corpus", type=Path, default=None,
+                   help="a local text file for the openwebtext suite (default: OpenWebText, streamed once when online)")
     add_pipeline_arguments(p)
     args = p.parse_args(argv)
     out = args.out.resolve()
-    return run_pipeline_cli(Pipeline("nanodesmo", stages(out, args.overrides, args.smoke), out), args)
+    return run_pipeline_cli(Pipeline("nanodesmo", stages(out, args.overrides, args.smoke, args.second_corpus and args.second_corpus.resolve()), out), args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class SelfStateTraining(TrainingTask):
             key = str(e).split(" ")[0] if str(e).startswith("self_state.") else "self_state"
             raise ConfigError(key, str(e)) from None
         try:
-            corpus_path(get(cfg, "dataset.path"), get(cfg, "dataset.url"))
+            corpus_path(get(cfg, "dataset.path"), get(cfg, "dataset.url"), cfg.dataset.get("stream"))
         except FileNotFoundError as e:
             raise ConfigError("dataset.path", str(e)) from None
 

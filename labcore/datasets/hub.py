@@ -49,3 +49,21 @@ class StreamedTexts:
                 if len(out) == self.n_samples:
                     return out
         raise CorpusUnavailableError(f"{self.repo}: only {len(out)} records with >= {self.min_chars} characters")
+
+
+def write_streamed_text(path, repo: str, n_chars: int, split: str = "train", text_field: str = "text",
+                        name: str | None = None) -> None:
+    """Write the first `n_chars` characters of `repo`'s records (joined by blank lines) to `path`,
+    atomically (a character corpus for `labcore.datasets.text.CharText`)."""
+    from datasets import load_dataset
+
+    from labcore.artifacts import atomic_path
+    parts, total = [], 0
+    for record in load_dataset(repo, name, split=split, streaming=True):
+        text = record.get(text_field) or ""
+        parts.append(text)
+        total += len(text) + 2
+        if total >= n_chars:
+            break
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n\n".join(parts)[:n_chars], encoding="utf-8")

@@ -33,15 +33,25 @@ def offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_VARS)
 
 
-def corpus_path(path: str | os.PathLike, url: str | None = None) -> Path:
-    """The local corpus file, downloaded to `path` first if it is missing and that is allowed."""
+def corpus_path(path: str | os.PathLike, url: str | None = None, stream: dict | None = None) -> Path:
+    """The local corpus file, fetched to `path` first if it is missing and that is allowed: downloaded
+    from `url`, or the first `stream["n_chars"]` characters of a Hugging Face dataset streamed
+    (`stream`: repo, n_chars, split, text_field; `labcore.datasets.hub.write_streamed_text`)."""
     path = Path(path).expanduser()
     if path.is_file():
         return path
-    if url is None:
+    source = url or (stream and f"the Hugging Face dataset {stream['repo']}")
+    if not source:
         raise CorpusNotFoundError(path, url, "no such file and no download url")
     if offline():
-        raise CorpusNotFoundError(path, url, "no such file, and downloads are off (offline)")
+        raise CorpusNotFoundError(path, source, "no such file, and downloads are off (offline)")
+    if stream:
+        from labcore.datasets.hub import write_streamed_text
+        try:
+            write_streamed_text(path, **stream)
+        except Exception as e:
+            raise CorpusNotFoundError(path, source, f"streaming failed ({type(e).__name__}: {e})") from None
+        return path
     import urllib.request
 
     from labcore.artifacts import atomic_path
@@ -57,10 +67,10 @@ class CharText:
     """A character-level corpus split into train/val token tensors, with random-window batches."""
 
     def __init__(self, path: str | os.PathLike, block_size: int, val_frac: float = 0.1,
-                 url: str | None = None, max_chars: int | None = None):
+                 url: str | None = None, max_chars: int | None = None, stream: dict | None = None):
         if not 0 < val_frac < 1:
             raise ValueError(f"val_frac must be in (0, 1), got {val_frac}")
-        self.path = corpus_path(path, url)
+        self.path = corpus_path(path, url, stream)
         text = self.path.read_text(encoding="utf-8")
         if max_chars is not None:
             text = text[:max_chars]

@@ -64,9 +64,13 @@ def test_frozen_test_finds_the_dimensions_that_move_entropy():
 def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LAB_DATA_DIR": str(SHAKESPEARE.parent.parent)}
     out = tmp_path / "pipe"
+    # the second corpus offline: any local text file (here the project's own documentation)
+    second = tmp_path / "second_corpus.txt"
+    second.write_text("\n\n".join(p.read_text() for p in sorted(REPO.glob("**/*.md")) if ".pytest" not in str(p)))
 
     def run_all(*args):
-        p = subprocess.run([sys.executable, "-m", "nanodesmo.run_all", "--smoke", "--out", str(out), *args,
+        p = subprocess.run([sys.executable, "-m", "nanodesmo.run_all", "--smoke", "--out", str(out),
+                            "--second-corpus", str(second), *args,
                             "train.max_iters=60", "train.eval_interval=30", f"paths.cache_dir={tmp_path / 'cache'}"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -83,6 +87,7 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     frozen = json.loads((out / "shakespeare" / "frozen_test" / "frozen_test_results.json").read_text())
     assert frozen["effect_size"] >= 0 and "confident_dims" in frozen
     assert (out / "shakespeare" / "regimes_all" / "regime_deltas" / "regime_deltas.csv").exists()
+    assert (out / "openwebtext" / "frozen_test" / "frozen_test_results.json").exists()
     for table in ("memory/memory_decay_summary.csv", "controls/controls_comparison.csv",
                   "swaps_resumed/swaps_summary.csv", "shakespeare/regimes_all/separability/separability.json"):
         assert (out / table).exists(), table
@@ -94,7 +99,7 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     b_swapped = torch.load(out / "swaps_resumed" / "b_swapped" / "start.ckpt", weights_only=False)["state_dict"]
     assert torch.equal(b_swapped["model.self_state.state"], a["model.self_state.state"])
     again = run_all("--resume")
-    assert again.count(": skipped") == 18 and "running" not in again       # every phase skipped
+    assert again.count(": skipped") == 21 and "running" not in again       # every phase skipped
     monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
     outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]

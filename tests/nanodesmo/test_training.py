@@ -82,8 +82,10 @@ def test_controls_are_configurations(tmp_path, control):
     ("train.warmup_iters=40", "train.warmup_iters"),
     ("self_state.memory=forever", "self_state.memory"),
     ("dataset.path=/nonexistent/corpus.txt", "dataset.path"),
+    ("dataset=openwebtext_char", "dataset.path"),        # offline, and no local copy of OpenWebText
 ])
-def test_bad_config_fails_before_training(tmp_path, override, key):
+def test_bad_config_fails_before_training(tmp_path, monkeypatch, override, key):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError) as e:
         job(tmp_path, override)
     assert e.value.key == key, str(e.value)
