@@ -4,6 +4,7 @@
     python -m nanodesmo.analyses regime_deltas RUN_DIR    # RUN_DIR/regime_deltas/{regime_deltas.csv, regime_deltas.png, regime_delta_scatter.png}
     python -m nanodesmo.analyses separability RUN_DIR     # RUN_DIR/separability/{separability.json, separability.png}
     python -m nanodesmo.analyses leadlag RUN_DIR          # RUN_DIR/leadlag/{leadlag.csv, state_effect_leadlag.png}
+    python -m nanodesmo.analyses mlp RUN_DIR              # RUN_DIR/mlp_analysis/{mlp_sensitivity.csv, mlp_by_regime.csv, mlp_analysis.png}
 
 Regime deltas: for each regime, its baseline is the last `baseline_steps` (100) regime-free steps
 before it starts, "during" its own steps; delta = mean(during) - mean(baseline) for loss,
@@ -297,6 +298,60 @@ def swap_summary(swaps_dir: Path, step: int, out_dir: Path, window: int = 100) -
     return out_dir / "swaps_summary.csv"
 
 
+def mlp_analysis(model, log: list[dict]) -> tuple[list[dict], list[dict]]:
+    """What drives the state update: the final update MLP, fed each logged step's statistics.
+    Returns (sensitivity rows: per input statistic, mean |d raw / d stat| over the steps (Jacobian
+    column norm) and that times the statistic's std over the run; per-regime rows: mean ||raw|| and
+    gate-free update size (rate * ||raw - s||) during each regime and outside them)."""
+    import torch
+
+    from nanodesmo.model import STAT_NAMES
+    ss = model.self_state
+    if ss is None or not ss.learned:
+        raise ValueError("the MLP analysis needs a learned self-state")
+    if ss.cfg.memory != "none":
+        raise ValueError("the MLP analysis reads the statistics alone: run it on a run without memory")
+    stats = torch.tensor([[r[f"stats_{n}"] for n in STAT_NAMES] for r in log], dtype=torch.float32, requires_grad=True)
+
+    def raw(x):
+        return ss.head(torch.tanh(ss.trunk(x)))
+
+    jac = torch.autograd.functional.jacobian(lambda x: raw(x).sum(0), stats)     # [dim, steps, stats]
+    column = jac.norm(dim=0).mean(0).detach()                                   # per statistic
+    spread = stats.detach().std(0)
+    sensitivity = [{"statistic": n, "mean_abs_jacobian": float(column[i]), "std_over_run": float(spread[i]),
+                    "effect_of_one_std": float(column[i] * spread[i])} for i, n in enumerate(STAT_NAMES)]
+    with torch.no_grad():
+        norms = raw(stats.detach()).norm(dim=-1).numpy()
+    names = regime_names(log)
+    groups = {"none": [i for i, r in enumerate(log) if not any(r[f"regime_{n}"] for n in names)]}
+    groups.update({n: [i for i, r in enumerate(log) if r[f"regime_{n}"]] for n in names})
+    by_regime = [{"regime": g, "steps": len(idx), "raw_norm_mean": float(norms[idx].mean()) if idx else float("nan"),
+                  "self_delta_mean": float(np.mean([log[i]["self_delta"] for i in idx])) if idx else float("nan")}
+                 for g, idx in groups.items()]
+    return sensitivity, by_regime
+
+
+def run_mlp_analysis(run_dir: Path, out: Path | None = None) -> Path:
+    from labcore.plotting import save_figure, subplots
+    from labcore.tables import write_csv
+    from nanodesmo.runs import load_run
+    out = out or run_dir / "mlp_analysis"
+    run = load_run(run_dir)
+    sensitivity, by_regime = mlp_analysis(run.model, run.reaction_log())
+    write_csv(out / "mlp_sensitivity.csv", sensitivity)
+    write_csv(out / "mlp_by_regime.csv", by_regime)
+    fig, (ax, bx) = subplots(1, 2, figsize=(10, 3.4))
+    ax.bar([r["statistic"] for r in sensitivity], [r["effect_of_one_std"] for r in sensitivity])
+    ax.set_ylabel("|d update| per std of the statistic")
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    bx.bar([r["regime"] for r in by_regime], [r["raw_norm_mean"] for r in by_regime])
+    bx.set_ylabel("mean ||raw update||")
+    bx.tick_params(axis="x", rotation=30, labelsize=8)
+    save_figure(fig, out / "mlp_analysis.png")
+    return out
+
+
 def run_regime_deltas(run_dir: Path, out: Path | None = None) -> Path:
     from labcore.plotting import save_figure, subplots
     from labcore.tables import write_csv
@@ -350,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("run_dir", type=Path)
     ll = sub.add_parser("leadlag", help="state_effect(t) against loss / entropy (t + lag)")
     ll.add_argument("run_dir", type=Path)
+    m = sub.add_parser("mlp", help="which statistics drive the state update, and its size per regime")
+    m.add_argument("run_dir", type=Path)
     args = p.parse_args(argv)
     try:
         if args.analysis == "frozen_test":
@@ -359,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.analysis == "separability":
             result = run_separability(args.run_dir)
             print(json.dumps({k: result[k] for k in ("accuracy", "shuffled_mean", "shuffled_p95", "p_value", "n_chunks")}))
+        elif args.analysis == "mlp":
+            print(f"wrote {run_mlp_analysis(args.run_dir)}")
         elif args.analysis == "leadlag":
             print(f"wrote {run_leadlag(args.run_dir)}")
         else:

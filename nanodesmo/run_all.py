@@ -12,9 +12,9 @@ Phases: shakespeare (the shakespeare_core suite: self_analysis, regimes_all, bas
 vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
 leadlag_shakespeare, openwebtext (openwebtext_progress: OpenWebText streamed once when online, or
 --second-corpus FILE), frozen_test_openwebtext, regime_deltas_openwebtext, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
-controls_fixed_bias_0.5 / 1.0, controls_comparison, swaps (runs a and b, checkpointed half way),
+controls_fixed_bias_0.5 / 1.0, controls_comparison, mlp_analysis, swaps (runs a and b, checkpointed half way),
 swap_states, swap_a_swapped / swap_b_swapped (each resumed half way with the other's state),
-swaps_summary, collect_figures, checklist. Not built yet (issue 10): the MLP and composite ("desmotic") analyses, summary figures.
+swaps_summary, collect_figures, checklist. Not built yet (issue 10): the composite ("desmotic") metrics, summary figures.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -50,13 +50,15 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
     "memory/memory-decay-summary.png": "memory/memory_decay_summary.png",
     "controls/controls-comparison.png": "controls/controls_comparison.png",
     "swaps/swaps-summary.png": "swaps_resumed/swaps_summary.png",
+    "controls/mlp-analysis.png": "controls/regimes_all/mlp_analysis/mlp_analysis.png",
 }
 
 
 def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | None = None) -> list[Stage]:
     from labcore.sweep import sweep_complete
     from nanodesmo.analyses import (run_controls_comparison, run_frozen_test, run_leadlag, run_memory_comparison,
-                                    run_regime_deltas, run_separability, swap_checkpoints, swap_summary)
+                                    run_mlp_analysis, run_regime_deltas, run_separability, swap_checkpoints,
+                                    swap_summary)
     settings = [*(SMOKE if smoke else []), *overrides]
     train = [sys.executable, "-m", "nanodesmo.train", *settings]                 # one run
     sweep = [sys.executable, "-m", "nanodesmo.train", "-m", *settings]           # a suite (one multirun)
@@ -114,6 +116,8 @@ def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | N
         fixed_bias(0.5), fixed_bias(1.0),
         Stage("controls_comparison", what="regime deltas of the self-state run and every control",
               call=lambda values: str(run_controls_comparison(out / "controls", CONTROL_RUNS))),
+        Stage("mlp_analysis", what="which statistics drive the self run's state update, and its size per regime",
+              call=lambda values: str(run_mlp_analysis(out / "controls" / "regimes_all"))),
         suite("swaps", f"++callbacks.swap_point.step={max_iters // 2}"),
         Stage("swap_states", what=f"swap the states of runs a and b at step {max_iters // 2}",
               call=lambda values: {k: str(v) for k, v in

@@ -99,7 +99,7 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     b_swapped = torch.load(out / "swaps_resumed" / "b_swapped" / "start.ckpt", weights_only=False)["state_dict"]
     assert torch.equal(b_swapped["model.self_state.state"], a["model.self_state.state"])
     again = run_all("--resume")
-    assert again.count(": skipped") == 21 and "running" not in again       # every phase skipped
+    assert again.count(": skipped") == 22 and "running" not in again       # every phase skipped
     monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
     outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
@@ -146,3 +146,17 @@ def test_memory_decay_counts_the_steps_back_to_baseline():
     assert r["drift_baseline"] == pytest.approx(0.1) and r["drift_peak"] == pytest.approx(1.0)
     assert r["decay_steps"] == 2           # 0.15 <= 0.1 + 0.1 * 0.9 = 0.19 first at step 62
     assert r["loss_delta"] == pytest.approx(1.0)
+
+
+def test_mlp_analysis_finds_the_statistic_the_update_reads():
+    from nanodesmo.analyses import mlp_analysis
+    model, _ = tiny_model(1.0)
+    with torch.no_grad():
+        model.self_state.trunk.weight[:, 1:] = 0          # the update reads the loss statistic only
+    log = [{"step": s, "stats_loss": 3 - s / 50, "stats_grad_norm": 1 + (s % 3), "stats_step_frac": s / 100,
+            "stats_entropy": 2.0, "stats_top1_conf": 0.3, "self_delta": 0.1, "regime_fog": float(20 <= s < 30)}
+           for s in range(100)]
+    sensitivity, by_regime = mlp_analysis(model, log)
+    effect = {r["statistic"]: r["mean_abs_jacobian"] for r in sensitivity}
+    assert effect["loss"] > 0 and all(effect[n] == 0 for n in ("grad_norm", "step_frac", "entropy", "top1_conf"))
+    assert {r["regime"]: r["steps"] for r in by_regime} == {"none": 90, "fog": 10}
