@@ -14,7 +14,7 @@ leadlag_shakespeare, openwebtext (openwebtext_progress: OpenWebText streamed onc
 --second-corpus FILE), frozen_test_openwebtext, regime_deltas_openwebtext, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
 controls_fixed_bias_0.5 / 1.0, controls_comparison, mlp_analysis, swaps (runs a and b, checkpointed half way),
 swap_states, swap_a_swapped / swap_b_swapped (each resumed half way with the other's state),
-swaps_summary, collect_figures, checklist. Not built yet (issue 10): the composite ("desmotic") metrics, summary figures.
+swaps_summary, collect_figures, summary_figures, checklist. Not built yet (issue 10): the composite ("desmotic") metrics.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -126,6 +126,8 @@ def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | N
         Stage("swaps_summary", what="loss, drift and state norm after the swap, swapped vs continued",
               call=lambda values: str(swap_summary(swaps, max_iters // 2, resumed))),
         Stage("collect_figures", call=lambda values: collect_figures(out), what=f"copy figures into {out / 'figures'}"),
+        Stage("summary_figures", call=lambda values: summary_figures(out) + [str(write_figure_index(out))],
+              what="cross-run figures, and figures/README.md linking every figure"),
         Stage("checklist", call=lambda values: checklist(out, values), what="the original's validation checklist"),
     ]
 
@@ -135,6 +137,50 @@ def self_norm(run_dir: Path) -> float | None:
     import json
     path = run_dir / "metrics.json"
     return float(json.loads(path.read_text())["self_norm"]) if path.exists() else None
+
+
+def summary_figures(out: Path) -> list[str]:
+    """Cross-run figures: every regime's reaction on one plot (the self-state run's loss, drift and
+    state effect with the regime windows shaded, the vanilla control's loss beside it)."""
+    from labcore.plotting import save_figure, subplots
+    from nanodesmo.analyses import regime_names
+    from nanodesmo.runs import read_reaction_log
+    self_log = read_reaction_log(out / "shakespeare" / "regimes_all")
+    vanilla = read_reaction_log(out / "shakespeare" / "vanilla_regimes")
+    fig, axes = subplots(3, 1, figsize=(10, 7), sharex=True)
+    panels = (("loss", [("self-state", self_log), ("vanilla", vanilla)]), ("self_drift", [("self-state", self_log)]),
+              ("state_effect", [("self-state", self_log)]))
+    for ax, (field, runs) in zip(axes, panels):
+        for label, log in runs:
+            points = [(r["step"], r[field]) for r in log if field in r]
+            ax.plot(*zip(*points), linewidth=0.8, label=label, marker="o" if field == "state_effect" else None,
+                    markersize=2)
+        ax.set_ylabel(field)
+        for i, name in enumerate(regime_names(self_log)):
+            steps = [r["step"] for r in self_log if r[f"regime_{name}"]]
+            if steps:
+                ax.axvspan(steps[0], steps[-1] + 1, alpha=0.15, color=f"C{i + 2}", label=name if field == "loss" else None)
+    axes[0].legend(fontsize=7, ncol=4)
+    axes[-1].set_xlabel("step")
+    target = out / "figures" / "perturbation" / "regime-reactions.png"
+    save_figure(fig, target)
+    return [str(target.relative_to(out / "figures"))]
+
+
+def write_figure_index(out: Path) -> Path:
+    """<out>/figures/README.md: every collected figure, linked, for people to look at."""
+    from labcore.artifacts import atomic_write_text
+    figures = sorted(p.relative_to(out / "figures") for p in (out / "figures").rglob("*.png"))
+    lines = ["# Nanodesmo pipeline figures", ""] + [f"![{p.with_suffix('')}]({p.as_posix()})" for p in figures]
+    atomic_write_text(out / "figures" / "README.md", "\n".join(lines) + "\n")
+    return out / "figures" / "README.md"
+
+
+def broken_links(readme: Path) -> list[str]:
+    """Image links in a Markdown file whose target does not exist."""
+    import re
+    text = readme.read_text() if readme.exists() else ""
+    return [t for t in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) if not (readme.parent / t).exists()]
 
 
 def collect_figures(out: Path) -> list[str]:
@@ -151,6 +197,10 @@ def collect_figures(out: Path) -> list[str]:
 def checklist(out: Path, values: dict) -> dict:
     from labcore.artifacts import atomic_write_json
     items = {f"figure {name} exists": (out / "figures" / name).exists() for name in FIGURES}
+    items["figure perturbation/regime-reactions.png exists"] = (out / "figures" / "perturbation" / "regime-reactions.png").exists()
+    broken = broken_links(out / "figures" / "README.md")
+    items[f"every figure figures/README.md links exists ({len(broken)} broken)"] = (
+        (out / "figures" / "README.md").exists() and not broken)
     for corpus, original in (("shakespeare", 0.35), ("openwebtext", 0.33)):
         frozen = values.get(f"frozen_test_{corpus}") or {}
         items[f"frozen-weight effect > 0.3 ({corpus}: {frozen.get('effect_size', float('nan')):.3f}; "

@@ -80,7 +80,8 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     assert "shakespeare: would run" in plan and not out.exists()          # a dry run writes nothing
     run_all()
     checklist = json.loads((out / "checklist.json").read_text())
-    assert all(v for k, v in checklist["items"].items() if k.startswith("figure"))
+    assert all(v for k, v in checklist["items"].items() if k.startswith(("figure", "every figure")))
+    assert "perturbation/regime-reactions.png" in (out / "figures" / "README.md").read_text()
     for run in ("self_analysis", "regimes_all", "baseline", "vanilla_regimes"):
         assert (out / "shakespeare" / run / "metrics.json").exists()
         assert (out / "shakespeare" / run / "reaction_log.jsonl").exists()
@@ -99,7 +100,7 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     b_swapped = torch.load(out / "swaps_resumed" / "b_swapped" / "start.ckpt", weights_only=False)["state_dict"]
     assert torch.equal(b_swapped["model.self_state.state"], a["model.self_state.state"])
     again = run_all("--resume")
-    assert again.count(": skipped") == 22 and "running" not in again       # every phase skipped
+    assert again.count(": skipped") == 23 and "running" not in again       # every phase skipped
     monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
     outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
