@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from labcore import run
-from tests.labcore.wandb_records import config_of, history_of, read_records, summary_of
+from tests.labcore.wandb_records import config_of, history_of, read_finished_run, summary_of
 
 
 def wandb_run_dir(out):
@@ -56,7 +56,7 @@ def test_wandb_receives_config_summary_and_figures(offline, tiny_cfg, tmp_path):
     metrics = run(cfg)
     out = tmp_path / "out"
     run_dir = wandb_run_dir(out)
-    records = read_records(next(run_dir.glob("run-*.wandb")))
+    records = read_finished_run(run_dir)
     config = config_of(records)
     assert config["seed"] == 5 and config["sae"]["k"] == 4  # nested: W&B groups and filters by sae.k
     summary = summary_of(records)
@@ -107,7 +107,7 @@ def test_analysis_only_job_reports_to_its_loggers(offline, tmp_path):
     figures = [out / "figures" / "noise.png"]
 
     run_dir = wandb_run_dir(out)
-    records = read_records(next(run_dir.glob("run-*.wandb")))
+    records = read_finished_run(run_dir)
     assert config_of(records)["n"] == 500 and config_of(records)["task"]["_target_"].endswith("NoiseStatistics")
     summary = summary_of(records)
     assert {k: summary[k] for k in metrics} == metrics

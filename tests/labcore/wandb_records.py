@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -54,6 +55,30 @@ def read_records(path: str | Path) -> list:
         else:
             raise ValueError(f"{path}: chunk type {kind} out of order at byte {pos}")
     return records
+
+
+def read_finished_run(run_dir: str | Path, timeout: float = 120.0) -> list:
+    """The records of the run in `run_dir` once W&B has written all of them.
+
+    `wandb.finish()` returns before the file is complete: it tells W&B's core service that the run is
+    done without waiting (`ServiceConnection.inform_finish` publishes, it does not deliver), and the
+    core writes the last chunks and closes the file on its own time. A reader in the same process
+    must wait for the event that ends the file: its `exit` record, the last one the core writes.
+    Until then the file may end in a half-written chunk (a bad checksum), which is retried.
+    """
+    deadline, last = time.monotonic() + timeout, "no run-*.wandb file"
+    while time.monotonic() < deadline:
+        files = sorted(Path(run_dir).glob("run-*.wandb"))
+        if files:
+            try:
+                records = read_records(files[0])
+                if records and records[-1].WhichOneof("record_type") == "exit":
+                    return records
+                last = f"{files[0]}: no exit record yet ({len(records)} records)"
+            except (ValueError, struct.error) as err:  # a chunk being written
+                last = str(err)
+        time.sleep(0.05)
+    raise TimeoutError(f"W&B did not finish writing {run_dir} in {timeout:.0f} s: {last}")
 
 
 def _json_items(items) -> dict:
