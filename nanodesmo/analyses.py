@@ -5,6 +5,8 @@
     python -m nanodesmo.analyses separability RUN_DIR     # RUN_DIR/separability/{separability.json, separability.png}
     python -m nanodesmo.analyses leadlag RUN_DIR          # RUN_DIR/leadlag/{leadlag.csv, state_effect_leadlag.png}
     python -m nanodesmo.analyses mlp RUN_DIR              # RUN_DIR/mlp_analysis/{mlp_sensitivity.csv, mlp_by_regime.csv, mlp_analysis.png}
+    python -m nanodesmo.analyses desmotic RUN_DIR         # RUN_DIR/desmotic/{desmotic_metrics.csv, desmotic_by_regime.csv, desmotic_*.png}
+                                                          #   (defined in nanodesmo/desmotic.py)
 
 Regime deltas: for each regime, its baseline is the last `baseline_steps` (100) regime-free steps
 before it starts, "during" its own steps; delta = mean(during) - mean(baseline) for loss,
@@ -407,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ll.add_argument("run_dir", type=Path)
     m = sub.add_parser("mlp", help="which statistics drive the state update, and its size per regime")
     m.add_argument("run_dir", type=Path)
+    d = sub.add_parser("desmotic", help="composite metrics of the state trajectory (speed, curvature, PCA distance, "
+                                        "control; valence, intensity)")
+    d.add_argument("run_dir", type=Path)
     args = p.parse_args(argv)
     try:
         if args.analysis == "frozen_test":
@@ -416,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.analysis == "separability":
             result = run_separability(args.run_dir)
             print(json.dumps({k: result[k] for k in ("accuracy", "shuffled_mean", "shuffled_p95", "p_value", "n_chunks")}))
+        elif args.analysis == "desmotic":
+            from nanodesmo.desmotic import run_desmotic
+            print(f"wrote {run_desmotic(args.run_dir)}")
         elif args.analysis == "mlp":
             print(f"wrote {run_mlp_analysis(args.run_dir)}")
         elif args.analysis == "leadlag":

@@ -10,11 +10,12 @@
 
 Phases: shakespeare (the shakespeare_core suite: self_analysis, regimes_all, baseline,
 vanilla_regimes), frozen_test_shakespeare, regime_deltas_shakespeare, separability_shakespeare,
-leadlag_shakespeare, openwebtext (openwebtext_progress: OpenWebText streamed once when online, or
---second-corpus FILE), frozen_test_openwebtext, regime_deltas_openwebtext, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
+leadlag_shakespeare, desmotic_shakespeare (the composite metrics of regimes_all), openwebtext (openwebtext_progress: OpenWebText streamed once when online, or
+--second-corpus FILE), frozen_test_openwebtext, regime_deltas_openwebtext,
+desmotic_openwebtext, memory (memory_buffer_grid), memory_comparison, controls (reviewer_controls),
 controls_fixed_bias_0.5 / 1.0, controls_comparison, mlp_analysis, swaps (runs a and b, checkpointed half way),
 swap_states, swap_a_swapped / swap_b_swapped (each resumed half way with the other's state),
-swaps_summary, collect_figures, summary_figures, checklist. Not built yet (issue 10): the composite ("desmotic") metrics.
+swaps_summary, collect_figures, summary_figures, checklist.
 
 A suite is one Hydra multirun: an interrupted job resumes from its last checkpoint when the phase
 runs again, and a finished job is not retrained (labcore's runner). The checklist at the end (the
@@ -51,11 +52,15 @@ FIGURES = {  # collected figure -> where a phase leaves it (relative to the outp
     "controls/controls-comparison.png": "controls/controls_comparison.png",
     "swaps/swaps-summary.png": "swaps_resumed/swaps_summary.png",
     "controls/mlp-analysis.png": "controls/regimes_all/mlp_analysis/mlp_analysis.png",
+    **{f"composite/{corpus}-{name}.png": f"{corpus}/regimes_all/desmotic/{name}.png"
+       for corpus in ("shakespeare", "openwebtext")
+       for name in ("desmotic_timeseries", "desmotic_affect", "desmotic_by_regime")},
 }
 
 
 def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | None = None) -> list[Stage]:
     from labcore.sweep import sweep_complete
+    from nanodesmo.desmotic import run_desmotic
     from nanodesmo.analyses import (run_controls_comparison, run_frozen_test, run_leadlag, run_memory_comparison,
                                     run_mlp_analysis, run_regime_deltas, run_separability, swap_checkpoints,
                                     swap_summary)
@@ -94,6 +99,10 @@ def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | N
         return Stage(f"frozen_test_{corpus}", call=call, what=f"frozen-weight causal test of {corpus}/self_analysis",
                      dry_run_value={"effect_size": "<effect>"})
 
+    def desmotic(corpus):
+        return Stage(f"desmotic_{corpus}", what=f"composite (desmotic) metrics of {corpus}/regimes_all",
+                     call=lambda values: str(run_desmotic(out / corpus / "regimes_all")))
+
     def deltas(values):
         return [str(run_regime_deltas(out / "shakespeare" / run)) for run in ("regimes_all", "vanilla_regimes")]
 
@@ -105,10 +114,12 @@ def stages(out: Path, overrides: list[str], smoke: bool, second_corpus: Path | N
               call=lambda values: run_separability(out / "shakespeare" / "regimes_all")["accuracy"]),
         Stage("leadlag_shakespeare", what="state_effect(t) vs loss / entropy (t + lag) of regimes_all",
               call=lambda values: str(run_leadlag(out / "shakespeare" / "regimes_all"))),
+        desmotic("shakespeare"),
         suite("openwebtext", *([f"dataset.path={second_corpus}"] if second_corpus else [])),
         frozen("openwebtext"),
         Stage("regime_deltas_openwebtext", what="regime deltas of openwebtext/regimes_all",
               call=lambda values: str(run_regime_deltas(out / "openwebtext" / "regimes_all"))),
+        desmotic("openwebtext"),
         suite("memory"),
         Stage("memory_comparison", what="drift and recovery around the bewilderment window, per memory variant",
               call=lambda values: str(run_memory_comparison(out / "memory", MEMORY_RUNS))),

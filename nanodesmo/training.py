@@ -81,6 +81,7 @@ class SelfStateLM(L.LightningModule):
             if ss.learned:
                 ss.commit(state, step)
             s = ss.state
+            record["self_state"] = [round(v, 6) for v in s.tolist()]    # the trajectory (desmotic metrics)
             record.update({"self_norm": float(s.norm()), "self_delta": float((s - previous).norm()),
                            "self_drift": float(1 - F.cosine_similarity(s, ss.ema, dim=0, eps=1e-12))})
             record.update({f"self_update_{k}": float(v) for k, v in info.items()})

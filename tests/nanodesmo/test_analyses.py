@@ -89,6 +89,10 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     assert frozen["effect_size"] >= 0 and "confident_dims" in frozen
     assert (out / "shakespeare" / "regimes_all" / "regime_deltas" / "regime_deltas.csv").exists()
     assert (out / "openwebtext" / "frozen_test" / "frozen_test_results.json").exists()
+    for corpus in ("shakespeare", "openwebtext"):
+        desmotic = (out / corpus / "regimes_all" / "desmotic" / "desmotic_metrics.csv").read_text().splitlines()
+        assert len(desmotic) == 1 + 60 and "valence" in desmotic[0]                   # a row per step
+        assert (out / "figures" / "composite" / f"{corpus}-desmotic_affect.png").exists()
     for table in ("memory/memory_decay_summary.csv", "controls/controls_comparison.csv",
                   "swaps_resumed/swaps_summary.csv", "shakespeare/regimes_all/separability/separability.json"):
         assert (out / table).exists(), table
@@ -100,7 +104,7 @@ def test_pipeline_smoke_dry_run_resume_and_notebook(tmp_path, monkeypatch):
     b_swapped = torch.load(out / "swaps_resumed" / "b_swapped" / "start.ckpt", weights_only=False)["state_dict"]
     assert torch.equal(b_swapped["model.self_state.state"], a["model.self_state.state"])
     again = run_all("--resume")
-    assert again.count(": skipped") == 23 and "running" not in again       # every phase skipped
+    assert again.count(": skipped") == 25 and "running" not in again       # every phase skipped
     monkeypatch.setenv("LAB_NANODESMO_OUT", str(out))
     outputs = execute_notebook("nanodesmo.ipynb", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
@@ -161,3 +165,55 @@ def test_mlp_analysis_finds_the_statistic_the_update_reads():
     effect = {r["statistic"]: r["mean_abs_jacobian"] for r in sensitivity}
     assert effect["loss"] > 0 and all(effect[n] == 0 for n in ("grad_norm", "step_frac", "entropy", "top1_conf"))
     assert {r["regime"]: r["steps"] for r in by_regime} == {"none": 90, "fog": 10}
+
+
+def trajectory_log(n=300):
+    """A state walking a straight line at unit speed in calm steps, leaving its plane during a
+    `kick` window (steps 100-120: a zig-zag along a fifth axis); state_effect every 10 steps, halved
+    during the kick."""
+    import numpy as np
+    log = []
+    for t in range(n):
+        kick = 100 <= t < 120
+        s = np.zeros(8)
+        s[0] = t
+        s[1] = np.sin(t / 7)               # calm motion spans axes 0 and 1 (and a mean)
+        s[5] = (t % 2) * 3.0 if kick else 0.0
+        r = {"step": t, "loss": 2.0 + (1.0 if kick else 0.0) + 0.01 * np.sin(t), "self_state": s.tolist(),
+             "regime_kick": float(kick)}
+        if t % 10 == 0:
+            r["state_effect"] = 0.5 if kick else 1.0
+        log.append(r)
+    return log
+
+
+def test_desmotic_metrics_of_a_known_trajectory():
+    import numpy as np
+
+    from nanodesmo.desmotic import by_regime, desmotic_metrics
+    rows, summary = desmotic_metrics(trajectory_log())
+    calm = [r for r in rows if r["regime"] == "calm" and r["step"] > 2 and not 100 <= r["step"] < 123]  # settled
+    kick = [r for r in rows if r["regime"] == "kick"]
+    # calm: speed sqrt(1 + (d sin)^2), nearly straight; the kick zig-zags (+1, +-3): turning angle arccos(-0.8)
+    assert all(1.0 <= r["speed"] <= 1.02 for r in calm)
+    assert max(r["curvature"] for r in calm) < 0.05
+    assert [r["curvature"] for r in kick[2:]] == pytest.approx([np.arccos(-0.8)] * 18, abs=0.01)
+    # the calm states lie in a plane the rank-4 PCA holds; the kick leaves it along axis 5
+    assert max(r["pca_distance"] for r in calm) < 1e-9 and max(r["pca_distance"] for r in kick) == pytest.approx(3.0)
+    # control: I* = median calm effect 1.0; ln(1/1) = 0 calm; ln(1/0.5) during the kick
+    assert summary["I_star"] == 1.0
+    assert all(r["control"] == pytest.approx(0.0) for r in calm)
+    assert kick[-1]["control"] == pytest.approx(np.log(2))
+    # z-scores are against calm steps: mean 0 there; the kick is intense and unpleasant
+    means = {g["regime"]: g for g in by_regime(rows)}
+    assert abs(means["calm"]["z_pca_distance"]) < 1e-9
+    assert means["kick"]["intensity"] > 3 * means["calm"]["intensity"]
+    assert means["kick"]["valence"] < 0 < means["kick"]["z_loss_surprise"]
+    # a constant component (the calm loss surprise is not constant, but control is): left out, not NaN-poisoning
+    assert "control" not in summary["intensity_components"] and np.isfinite(means["kick"]["intensity"])
+
+
+def test_desmotic_metrics_need_a_state_trajectory():
+    from nanodesmo.desmotic import desmotic_metrics
+    with pytest.raises(ValueError, match="self_state trajectory"):
+        desmotic_metrics([{"step": t, "loss": 1.0, "regime_a": 0.0} for t in range(50)])
