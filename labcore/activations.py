@@ -318,10 +318,18 @@ class _MappedNpy:
     not wait for the disk; the file is as durable as one written by np.save.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
-        created = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + size
-        self._data_offset = created.offset
-        del created
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, reopen: bool = False):
+        """reopen: continue writing an existing file of this shape and dtype (a resumed extraction)."""
+        if reopen:
+            existing = np.load(path, mmap_mode="r")
+            if existing.shape != tuple(shape) or existing.dtype != np.dtype(dtype):
+                raise ValueError(f"{path} holds {existing.dtype}{list(existing.shape)}, not {np.dtype(dtype)}{list(shape)}")
+            self._data_offset = existing.offset
+            del existing
+        else:
+            created = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + size
+            self._data_offset = created.offset
+            del created
         self._file = open(path, "r+b")
         self._map = mmap.mmap(self._file.fileno(), 0)
         self.array = np.frombuffer(self._map, dtype, count=int(np.prod(shape)), offset=self._data_offset)
@@ -336,6 +344,10 @@ class _MappedNpy:
         if end > self._released and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             self._released = end
+
+    def flush(self) -> None:
+        """Make the rows written so far durable (msync): a checkpoint must not outrun its data."""
+        self._map.flush()
 
     def close(self) -> None:
         if self._map.closed:

@@ -118,3 +118,43 @@ def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs) -> Any:
         if isinstance(cause, ConfigError):   # the constructor already named its key
             raise cause from None
         raise ConfigError(key, str(cause).splitlines()[-1] if str(cause) else type(cause).__name__) from None
+
+
+def parse_layers(spec: Any, n_layers: int, key: str) -> list[int]:
+    """The layers a spec names, in order: "all", an int, a list of ints, or ranges "0-10,20-33"
+    (both ends included). A layer outside [0, n_layers), a reversed range, a repeated layer or
+    anything else is a ConfigError naming `key`."""
+    def bad(message: str) -> ConfigError:
+        return ConfigError(key, f"{message} (got {spec!r}; the model has {n_layers} layers, 0-{n_layers - 1})")
+
+    if spec == "all":
+        return list(range(n_layers))
+    if _is_int(spec):
+        parts: list = [spec]
+    elif isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",")]
+    elif OmegaConf.is_list(spec) or isinstance(spec, (list, tuple)):
+        parts = list(spec)
+    else:
+        raise bad("must be 'all', a layer, a list of layers or ranges like '0-10,20-33'")
+    layers: list[int] = []
+    for part in parts:
+        if _is_int(part):
+            lo = hi = part
+        elif isinstance(part, str) and part.isdigit():
+            lo = hi = int(part)
+        elif isinstance(part, str) and part.count("-") == 1 and all(x.strip().isdigit() for x in part.split("-")):
+            lo, hi = (int(x) for x in part.split("-"))
+            if lo > hi:
+                raise bad(f"range {part!r} runs backwards")
+        else:
+            raise bad(f"{part!r} is not a layer or a range 'a-b'")
+        for layer in range(lo, hi + 1):
+            if not 0 <= layer < n_layers:
+                raise bad(f"layer {layer} does not exist")
+            if layer in layers:
+                raise bad(f"layer {layer} is named twice")
+            layers.append(layer)
+    if not layers:
+        raise bad("names no layer")
+    return layers

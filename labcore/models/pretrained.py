@@ -56,9 +56,10 @@ class LanguageModel:
 
     def __init__(self, model: HookedModel, layout: AttentionLayout,
                  encode: Callable[[list[str], int], dict[str, torch.Tensor]], name: str,
-                 takes_attention_mask: bool = True):
+                 takes_attention_mask: bool = True, tokenizer=None):
         self.model, self.layout, self.name = model.eval(), layout, name
         self._encode, self.takes_attention_mask = encode, takes_attention_mask
+        self.tokenizer = tokenizer     # a Hugging Face tokenizer where there is one (token strings for reports)
         names = set(model.hook_names())
         # the query/key the scores use: after RoPE (and q/k norm) where the model rotates, else the projection
         self._rotary = "blocks.0.attn.hook_rot_q" in names
@@ -73,9 +74,11 @@ class LanguageModel:
 
     @torch.no_grad()
     def forward(self, batch: dict[str, torch.Tensor]):
+        """Run the model on an encoded batch: every key goes to the model (a vision-language model's
+        batch also holds pixel_values and the like)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if self.takes_attention_mask:
-            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return self.model(**batch)
         if not bool(batch["attention_mask"].all()):
             raise ValueError(f"{self.name} takes no attention mask: every sequence of a batch must be full length")
         return self.model(batch["input_ids"])
@@ -169,4 +172,4 @@ class HFModel:
             return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
         hooked = HFHooked(model, attention=self.attention).to(resolve_device(self.device))
-        return LanguageModel(hooked, self.layout(), encode, name=self.path)
+        return LanguageModel(hooked, self.layout(), encode, name=self.path, tokenizer=tokenizer)
