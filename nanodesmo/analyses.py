@@ -70,33 +70,6 @@ def chunks(log: list[dict], size: int = 10) -> tuple[np.ndarray, np.ndarray, lis
     return np.array(x, dtype=np.float64), np.array(y), ["none", *names]
 
 
-def logistic_cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, epochs: int = 300) -> float:
-    """Mean held-out accuracy of a multinomial logistic regression (standardised features, L2 1e-3,
-    full-batch Adam) over `folds` folds of a seeded shuffle."""
-    import torch
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_classes = int(y.max()) + 1
-    correct = 0
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
-        xt = torch.tensor((x[train] - mu) / sd, dtype=torch.float32)
-        yt = torch.tensor(y[train])
-        torch.manual_seed(seed + k)
-        layer = torch.nn.Linear(x.shape[1], n_classes)
-        opt = torch.optim.Adam(layer.parameters(), lr=0.05, weight_decay=1e-3)
-        for _ in range(epochs):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(layer(xt), yt).backward()
-            opt.step()
-        with torch.no_grad():
-            pred = layer(torch.tensor((x[test] - mu) / sd, dtype=torch.float32)).argmax(-1).numpy()
-        correct += int((pred == y[test]).sum())
-    return correct / len(y)
-
-
 def separability(log: list[dict], size: int = 10, folds: int = 5, shuffles: int = 20, seed: int = 0) -> dict:
     """5-fold accuracy of telling regimes apart from the reaction log's chunks, against the same
     classifier on shuffled labels (the chance level of this label mix)."""
@@ -104,9 +77,10 @@ def separability(log: list[dict], size: int = 10, folds: int = 5, shuffles: int 
     if len(y) < 2 * folds or len(set(y.tolist())) < 2:
         raise ValueError(f"too few labelled {size}-step chunks ({len(y)}, {len(set(y.tolist()))} classes) "
                          "to cross-validate: a longer run or smaller chunks")
-    accuracy = logistic_cv_accuracy(x, y, folds, seed)
+    from labcore.probe import cross_validated_accuracy
+    accuracy = cross_validated_accuracy(x, y, folds, seed)
     rng = np.random.default_rng(seed + 1)
-    shuffled = [logistic_cv_accuracy(x, rng.permutation(y), folds, seed) for _ in range(shuffles)]
+    shuffled = [cross_validated_accuracy(x, rng.permutation(y), folds, seed) for _ in range(shuffles)]
     return {"accuracy": accuracy, "shuffled_mean": float(np.mean(shuffled)),
             "shuffled_p95": float(np.percentile(shuffled, 95)),
             "p_value": float((1 + sum(s >= accuracy for s in shuffled)) / (1 + shuffles)),
