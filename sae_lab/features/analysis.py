@@ -42,6 +42,32 @@ def per_sample_means(z_rows: np.ndarray, rows_sample: np.ndarray, n_samples: int
     return sums / np.maximum(counts, 1)[:, None]
 
 
+def encode_rows(sae, acts, rows_sample: np.ndarray, n_samples: int, chunk: int = 8192):
+    """One pass over a layer's rows in chunks (a full code matrix of a large extraction would not
+    fit in memory): (per-sample mean of every feature [samples, d_sae], how often each fires [d_sae])."""
+    import torch
+    sums = torch.zeros(n_samples, sae.d_sae, dtype=torch.float64)
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, len(acts), chunk):
+            z = sae.encode(torch.as_tensor(np.asarray(acts[s:s + chunk], dtype=np.float32)))
+            sums.index_add_(0, torch.as_tensor(rows_sample[s:s + chunk]), z.double())
+            fires += (z > 0).sum(0)
+    counts = np.bincount(rows_sample, minlength=n_samples).astype(np.float64)
+    return sums.numpy() / np.maximum(counts, 1)[:, None], fires.numpy() / max(len(acts), 1)
+
+
+def feature_columns(sae, acts, features: list[int], chunk: int = 8192) -> dict[int, np.ndarray]:
+    """The activations of a few features on every row (for their cards)."""
+    import torch
+    cols = []
+    with torch.no_grad():
+        for s in range(0, len(acts), chunk):
+            cols.append(sae.encode(torch.as_tensor(np.asarray(acts[s:s + chunk], dtype=np.float32)))[:, features].numpy())
+    stacked = np.concatenate(cols) if cols else np.zeros((0, len(features)))
+    return {f: stacked[:, i] for i, f in enumerate(features)}
+
+
 def group_features(d: np.ndarray, top_k: int, label_names: list[str]) -> list[dict]:
     """The top_k features with the largest d toward each group (d > 0: toward label_names[0])."""
     order = np.argsort(-d, kind="stable")
@@ -118,21 +144,18 @@ class AnalyseTask(Task):
         # 1. group features
         rows = load_rows(self.extraction)
         acts = load_layer(self.extraction, layer)
-        with torch.no_grad():
-            z = torch.cat([sae.encode(torch.as_tensor(np.asarray(acts[s:s + 4096], dtype=np.float32)))
-                           for s in range(0, len(acts), 4096)]).numpy()
-        per_sample = per_sample_means(z, rows["sample"], len(labels))
+        per_sample, firing_rate = encode_rows(sae, acts, rows["sample"], len(labels))
         tr = per_sample[train]
         d = cohens_d_columns(tr[labels[train] == 0], tr[labels[train] == 1])
         features = group_features(d, self.top_k, data.label_names)
         toward = {g: [f["feature"] for f in features if f["toward"] == g][: self.n_intervene] for g in data.label_names}
         both = toward[data.label_names[0]] + toward[data.label_names[1]]
-        alive = np.flatnonzero((z > 0).any(0))
+        alive = np.flatnonzero(firing_rate > 0)
         write_csv(self.output_dir / "cohens_d.csv",
                   [{"feature": int(f), "cohens_d": float(d[f]), "mean_" + data.label_names[0]: float(tr[labels[train] == 0, f].mean()),
                     "mean_" + data.label_names[1]: float(tr[labels[train] == 1, f].mean()),
-                    "firing_rate": float((z[:, f] > 0).mean())} for f in np.argsort(-np.abs(d))])
-        write_cards(features, {f["feature"]: z[:, f["feature"]] for f in features}, rows, self.lm.tokenizer,
+                    "firing_rate": float(firing_rate[f])} for f in np.argsort(-np.abs(d))])
+        write_cards(features, feature_columns(sae, acts, [f["feature"] for f in features]), rows, self.lm.tokenizer,
                     data.describe, data.label_names, labels, self.output_dir,
                     title=f"Layer {layer}: group features", n_contexts=self.n_contexts)
 

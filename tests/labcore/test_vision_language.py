@@ -289,3 +289,16 @@ def test_image_captions_errors_name_the_key(tmp_path):
     # another config location: the errors name its keys
     assert error(tmp_path / "missing.csv", key="probe.data.path").key == "probe.data.path"
     assert error(table, key="probe.data.path", label_field="group").key == "probe.data.label_field"
+
+
+def test_multi_layer_extraction_of_image_prompts_stores_every_token_image_tokens_included(lm, tmp_path):
+    from labcore.layer_extraction import extract_layers, load_layer, load_rows
+    data = ImageCaptions(write_samples(tmp_path, ROWS), prompt="Describe the image.")
+    meta = extract_layers(lm, data, [0, 1], tmp_path / "x", batch_size=3, max_length=None, progress=False)
+    rows = load_rows(tmp_path / "x")
+    per_sample = np.bincount(rows["sample"], minlength=4)
+    masks = [int(data.batch(lm, [i], None)["attention_mask"].sum()) for i in range(4)]
+    assert per_sample.tolist() == masks and meta["rows"] == sum(masks)
+    assert ((rows["token"] == lm.image_token_id).reshape(-1).sum()) == 4 * IMAGE_TOKENS
+    assert load_layer(tmp_path / "x", 1).shape == (sum(masks), 64)
+    assert meta["non_finite"]["1"]["values"] == 0

@@ -211,3 +211,20 @@ def test_cohens_d_matches_the_formula_and_picks_each_direction():
     assert [(f["feature"], f["toward"]) for f in picked] == [(1, "A"), (3, "B")]
     z = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]])
     np.testing.assert_allclose(per_sample_means(z, np.array([0, 0, 1]), 2), [[2.0, 1.0], [5.0, 4.0]])
+
+
+def test_chunked_encoding_matches_the_whole_code_matrix():
+    from sae_lab.features.analysis import encode_rows, feature_columns, per_sample_means
+    from sae_lab.sae import build_sae
+    torch.manual_seed(1)
+    sae = build_sae("relu", 16, 48).eval()
+    acts = np.random.default_rng(0).normal(size=(100, 16)).astype(np.float32)
+    rows_sample = np.sort(np.random.default_rng(1).integers(0, 9, 100))
+    with torch.no_grad():
+        z = sae.encode(torch.as_tensor(acts)).numpy()
+    means, rate = encode_rows(sae, acts, rows_sample, 9, chunk=7)
+    np.testing.assert_allclose(means, per_sample_means(z, rows_sample, 9), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(rate, (z > 0).mean(0))
+    cols = feature_columns(sae, acts, [3, 40], chunk=7)
+    np.testing.assert_allclose(cols[3], z[:, 3], rtol=1e-5, atol=1e-6)     # chunks change GEMM blocking only
+    np.testing.assert_allclose(cols[40], z[:, 40], rtol=1e-5, atol=1e-6)
