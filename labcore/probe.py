@@ -23,9 +23,14 @@ class LogisticProbe:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, epochs: int = 300, lr: float = 0.05,
-            seed: int = 0, n_classes: int | None = None) -> "LogisticProbe":
+            seed: int = 0, n_classes: int | None = None, per_feature_scale: bool = True) -> "LogisticProbe":
+        """per_feature_scale: standardise each feature (features of unlike units); False divides every
+        feature by one common scale (the RMS of the centred features), so a feature that barely varies
+        in training is not magnified: what a probe of a model's representation wants, when edited
+        representations may move along directions training never did."""
         x = np.asarray(x, dtype=np.float64)
-        mean, scale = x.mean(0), x.std(0) + 1e-8
+        mean = x.mean(0)
+        scale = x.std(0) + 1e-8 if per_feature_scale else np.full(x.shape[1], np.sqrt(((x - mean) ** 2).mean()) + 1e-8)
         xt = torch.tensor((x - mean) / scale, dtype=torch.float32)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.int64)
         generator = torch.Generator().manual_seed(seed)

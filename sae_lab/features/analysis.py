@@ -166,7 +166,7 @@ class AnalyseTask(Task):
                                                     edit_layer=layer, edit=edit, read_layer=self.n_layers - 1,
                                                     logits_tokens=logit_tokens)
         clean_train, _ = run(train)
-        probe = LogisticProbe.fit(clean_train, labels[train], seed=self.cfg.seed)
+        probe = LogisticProbe.fit(clean_train, labels[train], seed=self.cfg.seed, per_feature_scale=False)
         clean_held, clean_diff = run(heldout)
         y = labels[heldout]
         clean_logits = probe.logits(clean_held)
