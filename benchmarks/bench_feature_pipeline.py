@@ -100,10 +100,11 @@ def bench_sae(root: Path, steps: int, repeats: int) -> dict:
             acts = np.asarray(load_layer(root / "extraction", layer), dtype=np.float32)
             bare += bare_sae_loop(acts, steps)
             cfg = compose("sae_lab", ["experiment=feature_minilm", "sae=topk", f"sae.d_sae={D_SAE}", f"sae.k={K}",
-                                      f"layer={layer}", f"features.dir={root}", f"trainer.max_steps={steps}",
+                                      f"layer={layer}", f"features.dir={root}", f"+trainer.max_steps={steps}",
                                       "trainer.max_epochs=1000", "trainer.check_val_every_n_epoch=1000",
                                       "~callbacks.early_stopping", "trainer.enable_progress_bar=false",
-                                      f"paths.output_dir={root / f'job_{r}_{layer}'}", "logger=csv"])
+                                      f"paths.output_dir={root / f'job_{r}_{layer}'}", f"paths.cache_dir={root / 'cache'}",
+                                      f"paths.data_dir={root}", "logger=csv"])
             t0 = time.perf_counter()
             run(cfg)
             job += time.perf_counter() - t0
