@@ -56,6 +56,12 @@ def resid_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def last_real_token(mask: torch.Tensor) -> torch.Tensor:
+    """[batch] index of each row's last real token, whichever side the padding is on."""
+    mask = mask.bool()
+    return mask.sum(1) - 1 + mask.float().argmax(1).long()
+
+
 def fingerprint(data: LabelledSamples) -> str:
     """What identifies a dataset's content: every sample's description and label."""
     return sha256_json([[data.describe(i), int(data.labels[i])] for i in range(len(data))])
@@ -191,8 +197,7 @@ def _run(lm, data, batches, starts, layers, outputs, counts, state, directory, m
         def write(act: torch.Tensor, hook) -> None:
             mask = current["mask"]
             if tokens == "last":
-                last = mask.sum(1) - 1 + mask.float().argmax(1)       # last real token (right or left padding)
-                rows = act[torch.arange(act.shape[0], device=act.device), last]
+                rows = act[torch.arange(act.shape[0], device=act.device), last_real_token(mask)]
             else:
                 rows = act[mask]
             rows = rows.to(torch_dtype)

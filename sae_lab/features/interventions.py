@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from labcore.layer_extraction import resid_hook
+from labcore.layer_extraction import last_real_token, resid_hook
 
 
 def feature_edit(sae, features: torch.Tensor, factor: float):
@@ -60,8 +60,8 @@ def pooled_outputs(lm, data, indices, *, batch_size: int, max_length: int, edit_
             pooled.append(((seen["act"] * mask).sum(1) / mask.sum(1)).float().cpu())
             if logits_tokens is not None:
                 logits = out.logits
-                last = batch["attention_mask"].sum(1) - 1
-                final = logits[torch.arange(len(last)), last.to(logits.device)].float()
+                last = last_real_token(batch["attention_mask"]).to(logits.device)   # left-padded LMs too
+                final = logits[torch.arange(len(last), device=logits.device), last].float()
                 a, b = (torch.as_tensor(t, device=final.device) for t in logits_tokens)
                 diffs.append((final[:, a].mean(1) - final[:, b].mean(1)).cpu())
     return torch.cat(pooled).numpy(), (torch.cat(diffs).numpy() if diffs else None)

@@ -228,3 +228,9 @@ def test_chunked_encoding_matches_the_whole_code_matrix():
     cols = feature_columns(sae, acts, [3, 40], chunk=7)
     np.testing.assert_allclose(cols[3], z[:, 3], rtol=1e-5, atol=1e-6)     # chunks change GEMM blocking only
     np.testing.assert_allclose(cols[40], z[:, 40], rtol=1e-5, atol=1e-6)
+
+
+def test_last_real_token_on_either_padding_side():
+    from labcore.layer_extraction import last_real_token
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_real_token(mask).tolist() == [2, 4, 4]
