@@ -13,8 +13,9 @@ Tokens/s counts real tokens. Variants alternate (bare, extract, bare, ...) so lo
 processes hits both alike; figures are medians.
 
 SAE training. On that extraction, for each of the 6 layers:
-  bare      the fast TopK path's training loop (forward, loss, backward, decoder-gradient projection,
-            Adam, decoder normalisation, dead tracking) for N steps on batches of 256 rows
+  bare      the fast TopK path's training step of bench_sae_step.py (forward, loss, backward,
+            decoder-gradient projection, Adam, decoder normalisation, dead tracking), N steps on a
+            batch of 256 of the layer's rows
   job       the per-layer SAE job itself (`python -m sae_lab.train experiment=feature_minilm sae=topk
             layer=<l>`, run in process through labcore.run): reading the extraction, the Lightning
             fit of N steps with its checkpoints and step log, the evaluation, saving the SAE
@@ -66,24 +67,14 @@ def bench_extraction(lm, data, repeats: int) -> dict:
     return {"rows": rows, "tok_s": {k: rows / t for k, t in med.items()}, "ratio": med["bare"] / med["extract"]}
 
 
-def bare_sae_loop(acts, steps: int, seed: int = 0) -> float:
-    from sae_lab.sae import TopKSAE
-    torch.manual_seed(seed)
-    x_all = torch.as_tensor(acts)
-    sae = TopKSAE(x_all.shape[1], D_SAE, k=K, fast=True)
-    sae.init_b_dec(x_all[:BATCH])
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
+def bare_sae_loop(acts, steps: int) -> float:
+    """The fast path's training step as bench_sae_step.py times it, on a batch of this layer's rows."""
+    from bench_sae_step import make_trainer  # benchmarks/ is on sys.path: the script's directory
+    x = torch.as_tensor(acts[:BATCH])
+    _, step = make_trainer(x.shape[1], D_SAE, K, x, fast=True, dead_frac=0.0, fused_adam=False)
     t0 = time.perf_counter()
     for _ in range(steps):
-        x = x_all[torch.randint(len(x_all), (BATCH,), generator=g)]
-        out = sae(x)
-        out.loss.backward()
-        sae.remove_parallel_decoder_grad()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sae.normalize_decoder()
-        sae.update_dead_tracking(out.fired, BATCH)
+        step()
     return time.perf_counter() - t0
 
 
