@@ -83,6 +83,27 @@ class LanguageModel:
             raise ValueError(f"{self.name} takes no attention mask: every sequence of a batch must be full length")
         return self.model(batch["input_ids"])
 
+    @property
+    def generates(self) -> bool:
+        """Whether the model has an LM head and a causal mask, so `generate` can continue a prompt."""
+        hf = getattr(self.model, "model", None)
+        return self.layout.causal and hf is not None and bool(getattr(hf, "can_generate", lambda: False)())
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int) -> str:
+        """The greedy continuation of one encoded sample (a batch of one: no padding to get wrong),
+        decoded without special tokens. Hooks apply at every decoding step, so an edit hook steers it."""
+        if not self.generates:
+            raise ValueError(f"{self.name} does not generate text: it needs a causal LM head "
+                             "(load it with auto_class AutoModelForCausalLM or AutoModelForImageTextToText)")
+        if batch["input_ids"].shape[0] != 1:
+            raise ValueError(f"generate takes one sample at a time, got a batch of {batch['input_ids'].shape[0]}")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
+        out = self.model.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        new = out[0, batch["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
     def query_hook(self, layer: int) -> str:
         """[batch, pos, head, d_head]: the queries the attention scores use."""
         return f"blocks.{layer}.attn.hook_{'rot_q' if self._rotary else 'q'}"

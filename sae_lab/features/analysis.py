@@ -15,16 +15,22 @@
    2, 4 = amplification), the probe's mean P(A) on held-out samples; the same for a random set.
    A measured curve: nothing forces it to be linear or monotone.
 Models with an LM head also get the logit difference between group-associated tokens
-(`analysis.group_tokens`) under the same interventions.
+(`analysis.group_tokens`) under the same interventions, and (5.) greedy continuations of the first
+`analysis.generate.prompts` held-out samples unchanged, with the group features ablated, with each
+group's features amplified by the largest factor, and with a random set ablated (generations.json).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from labcore.task import Task
 from labcore.validate import ConfigError, get, positive_int, require
 from sae_lab.features import common
+
+log = logging.getLogger(__name__)
 
 
 def cohens_d_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,6 +110,11 @@ class AnalyseTask(Task):
         if 1.0 not in self.factors:
             self.factors = sorted([*self.factors, 1.0])       # the unchanged model anchors every curve
         self.group_tokens = get(cfg, "analysis.group_tokens") if "group_tokens" in cfg.analysis else None
+        # greedy continuations under each intervention, for models that generate (0 prompts: none)
+        self.generate_prompts = (require(cfg, "analysis.generate.prompts", lambda v: isinstance(v, int) and v >= 0,
+                                         "must be an int >= 0 (0: no generated text)")
+                                 if "generate" in cfg.analysis else 0)
+        self.max_new_tokens = positive_int(cfg, "analysis.generate.max_new_tokens") if self.generate_prompts else 0
         self.settings = common.extract_settings(cfg)
         self.data = common.dataset(cfg)
         if len(self.data.label_names) != 2:
@@ -225,13 +236,18 @@ class AnalyseTask(Task):
                 curves.append(row)
         write_csv(self.output_dir / "dose_response.csv", curves)
 
+        # 5. what the model then writes: greedy continuations of held-out prompts, each intervention
+        generations = self._generations(heldout, toward, both, random_sets[0]) if self.generate_prompts else []
+        if generations:
+            atomic_write_json(self.output_dir / "generations.json", generations)
+
         paths = figures.layer_figures(layer, d, features, ablation, curves, data.label_names, self.figures_dir)
         result = {"layer": layer, "label_names": list(data.label_names), "n_train_samples": int(len(train)),
                   "n_heldout_samples": int(len(heldout)), "probe_clean_heldout_accuracy": ablation["clean_accuracy"],
                   "features": features, "ablation": ablation, "dose_response": curves,
                   "max_abs_cohens_d": float(np.abs(d).max()), "alive_features": int(len(alive)),
                   "figures": [str(p.relative_to(self.output_dir)) for p in paths],
-                  "logits_measured": clean_diff is not None}
+                  "logits_measured": clean_diff is not None, "generations": generations}
         atomic_write_json(self.output_dir / "analysis.json", result)
         return {"layer": float(layer), "max_abs_cohens_d": result["max_abs_cohens_d"],
                 "probe_clean_accuracy": ablation["clean_accuracy"],
@@ -245,6 +261,34 @@ class AnalyseTask(Task):
         if not hasattr(self, "_lm"):
             self._lm = self.spec.load()
         return self._lm
+
+    def _generations(self, heldout, toward, both, random_set) -> list[dict]:
+        """Greedy continuations of the first held-out samples with the model unchanged, the group
+        features ablated, each group's features amplified by the largest factor, and a random set of
+        equal size ablated; [] (with a note in the log) when the model has no LM head."""
+        import torch
+
+        from labcore.layer_extraction import resid_hook
+        from sae_lab.features.interventions import feature_edit
+        if not self.lm.generates:
+            log.info("analysis.generate: %s does not generate text (no causal LM head): no generations",
+                     self.lm.name)
+            return []
+        names, top = self.data.label_names, max(self.factors)
+        as_tensor = lambda f: torch.as_tensor(np.asarray(f, dtype=np.int64))
+        conditions = [("unchanged", None), ("group features ablated (x0)", feature_edit(self.sae, as_tensor(both), 0.0))]
+        conditions += [(f"toward {g} amplified (x{top:g})", feature_edit(self.sae, as_tensor(toward[g]), top))
+                       for g in names if toward[g]]
+        conditions.append(("random features ablated (x0)", feature_edit(self.sae, as_tensor(random_set), 0.0)))
+        rows = []
+        for i in heldout[: self.generate_prompts]:
+            batch = self.data.batch(self.lm, [int(i)], self.settings["max_length"])
+            for name, edit in conditions:
+                hooks = [(resid_hook(self.layer), edit)] if edit is not None else []
+                with self.lm.model.hooks(hooks):
+                    text = self.lm.generate(batch, self.max_new_tokens)
+                rows.append({"sample": int(i), "prompt": self.data.describe(int(i)), "condition": name, "text": text})
+        return rows
 
     def _logit_tokens(self):
         """(token ids of group A's words, of group B's) for models with an LM head and group_tokens set."""

@@ -27,6 +27,15 @@ def _fmt(v, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _generations_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    cell = lambda t: t.replace("|", "\\|").replace("\n", " ").strip() or "(nothing)"
+    lines = ["", "Generated text (greedy, the features edited at every step):", "",
+             "| prompt | condition | continuation |", "|---|---|---|"]
+    return lines + [f"| {cell(g['prompt'])} | {g['condition']} | {cell(g['text'])} |" for g in rows]
+
+
 def write_report(pipeline_dir: str | Path, layers: list[int], title: str = "Feature pipeline report") -> Path:
     from labcore.artifacts import atomic_write_json, atomic_write_text
     from sae_lab.features.figures import cross_layer_figures
@@ -73,7 +82,8 @@ def write_report(pipeline_dir: str | Path, layers: list[int], title: str = "Feat
                   "|---|---|---|---|---|",
                   *[f"| {c['set']} | {c['factor']:g} | {c[f'p_{names[0]}']:.3f} | {c['accuracy']:.3f} | {c['margin']:.3f} |"
                     for c in r["dose_response"]], "",
-                  *[f"![{Path(p).stem}]({layer_dir}/{p})" for p in r["figures"]]]
+                  *[f"![{Path(p).stem}]({layer_dir}/{p})" for p in r["figures"]],
+                  *_generations_table(r.get("generations") or [])]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "report.json", {"extraction": {k: extraction[k] for k in
                                                            ("model", "samples", "rows", "layers", "d_model", "non_finite")},

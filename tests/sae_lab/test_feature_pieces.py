@@ -1,7 +1,8 @@
 """The feature pipeline's pieces on a tiny random-init BERT: multi-layer extraction (resume after an
 interruption and after kill -9 gives the arrays of an uninterrupted run; NaN counted per layer),
 layer ranges, the demo data, interventions (factor 1 is the identity, bit for bit; factor 0 is
-ablation), Cohen's d."""
+ablation), Cohen's d; on a tiny GPT-2 with an LM head, the logit measure at the last real token and
+generation steered by an edit."""
 
 import json
 import os
@@ -18,7 +19,7 @@ from labcore.layer_extraction import extract_layers, load_layer, load_rows, read
 from labcore.validate import ConfigError, parse_layers
 from sae_lab.group_sentences import GroupSentences, HELDOUT_TEMPLATES, SUBJECTS, TEMPLATES
 from tests.conftest import REPO
-from tests.sae_lab.feature_fixtures import tiny_bert_dir, tiny_lm
+from tests.sae_lab.feature_fixtures import tiny_bert_dir, tiny_gpt2_dir, tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,13 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm(model_dir):
     return tiny_lm(model_dir)
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tmp_path_factory):
+    from labcore.models.pretrained import HFModel
+    path = tiny_gpt2_dir(tmp_path_factory.mktemp("tiny_gpt2"))
+    return HFModel(str(path), device="cpu", auto_class="AutoModelForCausalLM").load()
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +242,40 @@ def test_last_real_token_on_either_padding_side():
     from labcore.layer_extraction import last_real_token
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert last_real_token(mask).tolist() == [2, 4, 4]
+
+
+def test_logit_measure_reads_each_samples_last_real_token(causal_lm, data):
+    """Batched with right padding, the group-token logit difference equals each sample run alone."""
+    from sae_lab.features.interventions import pooled_outputs
+    indices = [0, 5, 300, 700, 1100]                               # sentences of different lengths
+    a, b = [1010, 2016], [2002, 2010]                              # two token ids per group
+    pooled, diffs = pooled_outputs(causal_lm, data, indices, batch_size=5, max_length=64, read_layer=1,
+                                   logits_tokens=(a, b))
+    lengths = {int(data.batch(causal_lm, [i], 64)["attention_mask"].sum()) for i in indices}
+    assert len(lengths) > 1                                        # padding did happen in the batch
+    for j, i in enumerate(indices):
+        logits = causal_lm.forward(data.batch(causal_lm, [i], 64)).logits[0, -1]
+        assert diffs[j] == pytest.approx(float(logits[a].mean() - logits[b].mean()), abs=1e-5)
+    assert pooled.shape == (5, 32)
+
+
+def test_generation_follows_an_edit_and_is_refused_without_an_lm_head(causal_lm, lm, data):
+    from sae_lab.features.interventions import feature_edit
+    from sae_lab.sae import build_sae
+    torch.manual_seed(0)
+    sae = build_sae("relu", 32, 128).eval()
+    batch = data.batch(causal_lm, [3], 64)
+    clean = causal_lm.generate(batch, 8)
+    assert clean and clean == causal_lm.generate(batch, 8)          # greedy: deterministic
+    with causal_lm.model.hooks([(resid_hook(0), feature_edit(sae, torch.arange(128), 1.0))]):
+        assert causal_lm.generate(batch, 8) == clean               # factor 1 leaves the text alone
+    steps = []
+    with causal_lm.model.hooks([(resid_hook(0), lambda a, h: steps.append(a.shape[1]) or -3 * a)]):
+        steered = causal_lm.generate(batch, 8)
+    assert steered != clean
+    assert steps[0] == batch["input_ids"].shape[1] and set(steps[1:]) == {1}   # the edit ran at every new token
+    with pytest.raises(ValueError, match="one sample at a time"):
+        causal_lm.generate(data.batch(causal_lm, [0, 1], 64), 4)
+    assert not lm.generates
+    with pytest.raises(ValueError, match="does not generate text"):
+        lm.generate(data.batch(lm, [0], 64), 4)

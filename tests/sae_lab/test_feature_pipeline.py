@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, execute_notebook
-from tests.sae_lab.feature_fixtures import tiny_bert_dir
+from tests.sae_lab.feature_fixtures import tiny_bert_dir, tiny_gpt2_dir
 
 TINY = ["trainer.max_epochs=2", "sae.d_sae=128", "sae.l1_coeff=1e-3", "train.warmup_steps=5",
         "analysis.n_random=4", "analysis.top_k=3", "analysis.n_intervene=2", "analysis.factors=[0,1,3]",
@@ -60,6 +60,35 @@ def test_feature_pipeline_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum(1 for o in outputs if "image/png" in o.get("data", {})) == 1          # the dose-response panels
     assert any("text/markdown" in o.get("data", {}) for o in outputs)                 # the feature card
+
+
+@pytest.mark.slow
+def test_a_generative_model_gets_logit_effects_and_steered_text(tmp_path):
+    """On a tiny GPT-2 with an LM head: the group-token logit difference under every intervention,
+    and greedy continuations per condition in analysis and report (the unchanged one equals the
+    model's own generation)."""
+    from labcore.models.pretrained import HFModel
+    from sae_lab.group_sentences import GroupSentences
+    model = tiny_gpt2_dir(tmp_path / "tiny_gpt2")
+    root = tmp_path / "features"
+    pipeline("experiment=feature_minilm", f"model.path={model}", "model.auto_class=AutoModelForCausalLM",
+             f"features.dir={root}", "features.layers='1'", *TINY, "analysis.generate.prompts=2",
+             "analysis.generate.max_new_tokens=6", "+analysis.group_tokens={female: [she, her], male: [he, his]}")
+    result = json.loads((root / "analysis" / "layer_1" / "analysis.json").read_text())
+    assert result["logits_measured"] and "group_logit_diff_change" in result["ablation"]
+    unchanged = {c["logit_diff"] for c in result["dose_response"] if c["factor"] == 1.0}
+    assert len(unchanged) == 1                                      # every curve starts from the same model
+    assert len({c["logit_diff"] for c in result["dose_response"]}) > 1
+    gens = json.loads((root / "analysis" / "layer_1" / "generations.json").read_text())
+    assert [g["condition"] for g in gens[:5]] == ["unchanged", "group features ablated (x0)",
+                                                   "toward female amplified (x3)", "toward male amplified (x3)",
+                                                   "random features ablated (x0)"]
+    assert len(gens) == 10 and len({g["sample"] for g in gens}) == 2
+    lm = HFModel(str(model), device="cpu", auto_class="AutoModelForCausalLM").load()
+    data = GroupSentences()
+    assert gens[0]["text"] == lm.generate(data.batch(lm, [gens[0]["sample"]], 64), 6)
+    assert gens[0]["prompt"] == data.describe(gens[0]["sample"])
+    assert "Generated text" in (root / "report" / "report.md").read_text()
 
 
 def test_bad_layers_are_refused_before_any_compute(tmp_path):
