@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from labcore.activations import STORAGE_DTYPES, _MappedNpy
+from labcore.activations import STORAGE_DTYPES, NpyRowWriter
 from labcore.artifacts import atomic_write_json, sha256_json
 from labcore.hooks import StopForward
 
@@ -90,7 +90,7 @@ def extract_layers(lm, data: LabelledSamples, layers: list[int], directory: str 
 
     n = len(data)
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    row_table, starts = _layout(lm, data, batches, max_length, tokens)
+    row_table, starts, encoded = _layout(lm, data, batches, max_length, tokens)
     torch_dtype, np_dtype = STORAGE_DTYPES[dtype]
     d_model = _width(lm, data, batches[0], max_length, layers[-1])
     shape = (len(row_table), d_model)
@@ -103,10 +103,10 @@ def extract_layers(lm, data: LabelledSamples, layers: list[int], directory: str 
         np.save(directory / "labels.npy", np.asarray(data.labels, dtype=np.int64), allow_pickle=False)
         split = getattr(data, "split", None)
         np.save(directory / "split.npy", np.asarray(split if split is not None else ["train"] * n, dtype=str))
-    outputs = {l: _MappedNpy(directory / f"layer_{l}.npy", shape, np_dtype, reopen=resume) for l in layers}
+    outputs = {l: NpyRowWriter(directory / f"layer_{l}.npy", shape, np_dtype, reopen=resume) for l in layers}
     counts = {int(l): v for l, v in state["non_finite"].items()}
     try:
-        _run(lm, data, batches, starts, layers, outputs, counts, state, directory, max_length, tokens,
+        _run(lm, data, batches, starts, encoded, layers, outputs, counts, state, directory, max_length, tokens,
              torch_dtype, checkpoint_every, progress)
     finally:
         for out in outputs.values():
@@ -151,12 +151,25 @@ def read_extraction(directory: str | Path) -> dict:
 
 
 # ---- the passes ---------------------------------------------------------------------------------
-def _layout(lm, data, batches, max_length, tokens) -> tuple[np.ndarray, list[int]]:
-    """Which rows each sample gives (tokenising only): the row table, and each batch's first row."""
+# Encoded batches up to this many bytes in all are kept from the layout pass for the forward passes
+# (token ids: a few MiB for thousands of samples); larger ones (images) are encoded again.
+KEEP_ENCODED_BYTES = 256 * 2 ** 20
+
+
+def _layout(lm, data, batches, max_length, tokens) -> tuple[np.ndarray, list[int], list[dict] | None]:
+    """Which rows each sample gives (tokenising only): the row table, each batch's first row, and
+    the encoded batches while they fit in KEEP_ENCODED_BYTES (else None)."""
     table, starts, total = [], [], 0
+    encoded, kept_bytes = [], 0
     for batch in batches:
         starts.append(total)
         enc = data.batch(lm, batch, max_length)
+        if encoded is not None:
+            kept_bytes += sum(v.numel() * v.element_size() for v in enc.values() if isinstance(v, torch.Tensor))
+            if kept_bytes <= KEEP_ENCODED_BYTES:
+                encoded.append(enc)
+            else:
+                encoded = None
         mask = enc["attention_mask"].bool()
         for j, i in enumerate(batch):
             ids = enc["input_ids"][j][mask[j]]
@@ -165,7 +178,7 @@ def _layout(lm, data, batches, max_length, tokens) -> tuple[np.ndarray, list[int
                 ids, positions = ids[-1:], positions[-1:]
             table.append(np.stack([np.full(len(ids), i), positions, ids.numpy()], axis=1))
             total += len(ids)
-    return np.concatenate(table).astype(np.int64), starts
+    return np.concatenate(table).astype(np.int64), starts, encoded
 
 
 @torch.no_grad()
@@ -187,7 +200,7 @@ def _width(lm, data, batch, max_length, layer) -> int:
 
 
 @torch.no_grad()
-def _run(lm, data, batches, starts, layers, outputs, counts, state, directory, max_length, tokens, torch_dtype,
+def _run(lm, data, batches, starts, encoded, layers, outputs, counts, state, directory, max_length, tokens, torch_dtype,
          checkpoint_every, progress) -> None:
     from labcore.output import progress_bar
     deepest = resid_hook(max(layers))
@@ -219,7 +232,7 @@ def _run(lm, data, batches, starts, layers, outputs, counts, state, directory, m
             progress_bar(len(data), f"extract {len(layers)} layers", unit="samples", enabled=progress) as bar:
         bar.update(state["samples_done"])
         for b in range(first, len(batches)):
-            enc = data.batch(lm, batches[b], max_length)
+            enc = encoded[b] if encoded is not None else data.batch(lm, batches[b], max_length)
             current.update(start=starts[b], mask=enc["attention_mask"].bool().to(lm.device))
             try:
                 lm.forward(enc)
