@@ -26,6 +26,18 @@ from labcore.steplog import StepLog
 from labcore.task import resume_checkpoint
 
 
+def step_logs_due(module: L.LightningModule) -> bool:
+    """Whether the loggers write this training step's values (every `trainer.log_every_n_steps`).
+
+    `LightningModule.log` costs ~1 ms a call in Lightning's result collection, whether or not the
+    step is written: a small SAE step (~20 ms on a CPU, far less on a GPU) logging six values lost a
+    quarter of its speed to it. Modules call this and log only on the steps that are written; the
+    step log, W&B and the CSV get exactly the records they got before.
+    """
+    connector = getattr(module.trainer, "_logger_connector", None)   # Lightning's own decision
+    return True if connector is None else bool(connector.should_update_logs)
+
+
 class StepLogger(Logger):
     """Lightning logger writing every logged value to a `labcore.steplog.StepLog`."""
 

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from labcore.fit import step_logs_due
 from sae_lab.metrics import ReconstructionStats
 from sae_lab.sae import SparseAutoencoder
 
@@ -41,7 +42,6 @@ class SAETraining(L.LightningModule):
     def training_step(self, x, _):
         out = self.sae(x)
         self.sae.update_dead_tracking(out.fired, x.shape[0])
-        dead = float(self.sae.dead_mask.float().mean())
         loss, extra = out.loss, {}
         if self.reference is not None:
             # no graph at lambda 0: the alignment is only logged there
@@ -51,10 +51,12 @@ class SAETraining(L.LightningModule):
             if self.consistency_lambda > 0:
                 loss = loss + term
             extra = {"train/consistency": term, "train/reference_alignment": alignment}
-        logs = {"train/loss": loss, "train/fvu": out.recon_loss, "train/aux": out.aux_loss,
-                "train/l0": out.l0, "train/dead_fraction": dead, **extra}
-        self.log_dict(logs, prog_bar=False)
-        self.log("fvu", out.recon_loss, prog_bar=True, logger=False)
+        if step_logs_due(self):
+            dead = self.sae.dead_mask.float().mean()
+            logs = {"train/loss": loss, "train/fvu": out.recon_loss, "train/aux": out.aux_loss,
+                    "train/l0": out.l0, "train/dead_fraction": dead, **extra}
+            self.log_dict(logs, prog_bar=False)
+            self.log("fvu", out.recon_loss, prog_bar=True, logger=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer):
