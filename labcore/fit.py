@@ -34,7 +34,8 @@ def step_logs_due(module: L.LightningModule) -> bool:
     quarter of its speed to it. Modules call this and log only on the steps that are written; the
     step log, W&B and the CSV get exactly the records they got before.
     """
-    connector = getattr(module.trainer, "_logger_connector", None)   # Lightning's own decision
+    trainer = module._trainer               # None outside a fit (a module's step called directly)
+    connector = getattr(trainer, "_logger_connector", None)          # Lightning's own decision
     return True if connector is None else bool(connector.should_update_logs)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from labcore import run
+from labcore.steplog import read_step_log
 from sae_lab.saelens_io import load_sae
 from tests.conftest import REPO, tiny_cli_args
 
@@ -37,6 +38,10 @@ def test_job_leaves_a_complete_result(tiny_cfg, tmp_path, arch, capsys):
     if arch != "relu":
         assert metrics["l0"] == pytest.approx(4, abs=0.5 if arch == "batchtopk" else 1e-9)
     assert "explained_variance" in capsys.readouterr().out  # the summary table was printed
+    # the module logs only on the steps the loggers write (labcore.fit.step_logs_due): every one of them
+    every = manifest["config"]["trainer"]["log_every_n_steps"]
+    logged = [r["step"] for r in read_step_log(out / "steps.jsonl") if "train/fvu" in r]
+    assert logged == [s for s in range(int(metrics["train_steps"])) if (s + 1) % every == 0]
 
 
 def test_cache_is_reused_by_the_next_job(tiny_cfg, tmp_path, capsys):
