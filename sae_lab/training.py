@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_lab.metrics import ReconstructionStats
-from sae_lab.sae import SparseAutoencoder
+from sae_lab.architectures import SparseAutoencoder
 
 
 def reference_alignment(w_dec: torch.Tensor, reference: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -63,8 +63,9 @@ class SAETraining(L.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # part of the step itself (not on_train_batch_end, which runs after callbacks such as the
-        # resume checkpoint): a checkpoint taken at the end of a step holds the normalised decoder
-        self.sae.normalize_decoder()
+        # resume checkpoint): a checkpoint taken at the end of a step holds the projected parameters
+        # (unit-norm decoder rows)
+        self.sae.project_parameters()
 
     def on_train_end(self):
         calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK: per-example inference

@@ -1,5 +1,5 @@
-"""The flat-code pieces of the fast BatchTopK path: its batch top-k must keep torch.topk's set, and
-its encoder and decoder gradients must pass gradcheck."""
+"""The fast (flat-code) BatchTopK path must give the dense path's loss and gradients (float64, to
+~1e-10), and its batch top-k must keep torch.topk's set."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from sae_lab import fast_batchtopk, fast_topk
+from sae_lab.architectures import BatchTopKSAE
 from sae_lab.fast_batchtopk import FlatCode, batch_topk_encode
 from sae_lab.fast_topk import LatentBags, flat_decode
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 def _reference(x, W, b_enc, b_dec, n):
     """The dense definition: relu(pre), and its top n over the flattened batch (sorted values and
@@ -165,3 +169,93 @@ def test_band_keeps_row_grouping():
     band = code.band(2, 6)
     assert band.latents.tolist() == [5, 2, 4] and band.rows.tolist() == [0, 1, 3]
     assert band.vals.tolist() == [1.0, 3.0, 5.0] and band.row_offsets.tolist() == [0, 1, 2, 2]
+
+
+# ---- the full SAE step: fast == dense -------------------------------------------------------------
+def _pair(cls, d_in, d_sae, k, device="cpu", seed=0, **kwargs):
+    """A fast and a dense SAE of `cls` with identical float64 parameters (biases made non-zero)."""
+    torch.manual_seed(seed)
+    fast = cls(d_in, d_sae, k=k, fast=True, **kwargs).double().to(device)
+    with torch.no_grad():
+        fast.b_enc.normal_(0, 0.3)
+        fast.b_dec.normal_(0, 0.3)
+        fast.W_enc.add_(0.1 * torch.randn_like(fast.W_enc))  # untie from W_dec
+    dense = cls(d_in, d_sae, k=k, fast=False, **kwargs).double().to(device)
+    dense.load_state_dict(fast.state_dict())
+    return fast, dense
+
+
+def _assert_same_step(fast, dense, x):
+    out_f, out_d = fast(x), dense(x)
+    out_f.loss.backward()
+    out_d.loss.backward()
+    for name in ("loss", "recon_loss", "aux_loss", "x_hat"):
+        torch.testing.assert_close(getattr(out_f, name), getattr(out_d, name), atol=1e-10, rtol=0, msg=name)
+    assert torch.equal(out_f.fired, out_d.fired)
+    assert out_f.l0 == out_d.l0
+    assert fast.threshold == dense.threshold  # the running threshold saw the same kept values
+    for (name, p_f), p_d in zip(fast.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p_f.grad, p_d.grad, atol=1e-10, rtol=0, msg=f"grad of {name}")
+    return out_f
+
+
+def _batch(n=40, d=16, device="cpu", seed=0):
+    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(device) + 0.5
+    x[::7] *= 3  # rows that keep more than k
+    return x
+
+
+CASES = [(BatchTopKSAE, {})]
+IDS = ["batchtopk"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
+def test_fast_matches_dense(device, cls, kwargs):
+    fast, dense = _pair(cls, 16, 256, 8, device, **kwargs)
+    out = _assert_same_step(fast, dense, _batch(device=device))
+    assert out.l0 == 8
+
+
+# 86 dead latents: sparse AuxK products; GEMMs over the dead columns; the same keeping all of them
+@pytest.mark.parametrize("aux_k", [8, 64, 128])
+@pytest.mark.parametrize("cls,kwargs", CASES[:2], ids=IDS[:2])
+def test_fast_matches_dense_with_dead_latents_auxk(cls, kwargs, aux_k):
+    fast, dense = _pair(cls, 16, 256, 8, aux_k=aux_k, **kwargs)
+    dead = torch.zeros(256, dtype=torch.bool)
+    dead[::3] = True
+    for sae in (fast, dense):
+        sae.tokens_since_fired[dead] = sae.dead_after_tokens
+    out = _assert_same_step(fast, dense, _batch())
+    assert out.aux_loss > 0
+
+
+@pytest.mark.parametrize("cls,kwargs", CASES[:2], ids=IDS[:2])
+def test_fast_matches_dense_across_row_chunks_and_retries(monkeypatch, cls, kwargs):
+    monkeypatch.setattr(fast_topk, "_CPU_CHUNK_ROWS", 7)
+    monkeypatch.setattr(fast_batchtopk, "CANDIDATES_PER_K", 1)
+    fast, dense = _pair(cls, 16, 256, 8, **kwargs)
+    _assert_same_step(fast, dense, _batch())
+
+
+def test_negative_pre_activations_are_zeroed():
+    fast, dense = _pair(BatchTopKSAE, 8, 32, 6)
+    with torch.no_grad():
+        fast.b_enc.fill_(-50.0)  # every pre-activation negative: the kept values are all relu'd to 0
+    dense.load_state_dict(fast.state_dict())
+    out = _assert_same_step(fast, dense, torch.randn(10, 8, dtype=torch.float64))
+    assert out.l0 == 0 and not out.fired.any()
+    assert (fast.W_enc.grad == 0).all() and (fast.b_enc.grad == 0).all()
+
+
+def test_bf16_autocast_smoke():
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(32, 256, k=8, fast=True)
+    x = torch.randn(64, 32)
+    ref = sae(x).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+    out.loss.backward()
+    assert abs(out.loss.item() - ref) < 0.05 * abs(ref) + 1e-3
+    for p in sae.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()

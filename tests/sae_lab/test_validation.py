@@ -41,6 +41,21 @@ def test_bad_input_names_the_key(tiny_cfg, tmp_path, override, key, fragment):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("overrides, key, fragment", [
+    (["sae=relu", "sae.l1_coeff=-1"], "sae.l1_coeff", "must be a number >= 0"),
+    (["sae=batchtopk", "sae.threshold_momentum=1"], "sae.threshold_momentum", "in [0, 1)"),
+    (["sae.aux_k_coeff=-1"], "sae.aux_k_coeff", "must be a number >= 0"),
+    (["sae.fast=maybe"], "sae.fast", "true or false"),
+])
+def test_bad_architecture_keys_are_named(tiny_cfg, tmp_path, overrides, key, fragment):
+    cfg = tiny_cfg(*overrides, f"paths.cache_dir={tmp_path / 'fresh_cache'}")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.key == key
+    assert str(err.value).startswith(key) and fragment in str(err.value)
+    assert not (tmp_path / "fresh_cache").exists()
+
+
 def test_non_finite_activations_are_counted():
     acts = np.ones((10, 4), dtype=np.float32)
     acts[2, 1] = np.nan
