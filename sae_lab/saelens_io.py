@@ -5,8 +5,9 @@ architecture adds (`threshold` [d_sae] of a JumpReLU SAE). Each architecture say
 and reads (`sae_lab.architectures`): BatchTopK is saved the way SAELens saves it for inference, as
 a JumpReLU SAE whose threshold is the learned global one, which encodes identically.
 `metadata.interp_lab_architecture` and `metadata.interp_lab_config` record the architecture and its
-keywords so `load_sae` rebuilds the same SAE; files SAELens wrote (topk, standard) load through
-their cfg.json alone. sae-lens itself is not needed.
+keywords so `load_sae` rebuilds the same SAE. Files SAELens wrote (topk, standard, jumprelu) load
+through their cfg.json alone: inputs normalised by SAELens are refused, and without
+`apply_b_dec_to_input` b_dec's part of the encoder is folded into b_enc. sae-lens itself is not needed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, *, hook_name: str, model_
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[SparseAutoencoder, dict]:
-    """Load an SAE written by `save_sae` (or a SAELens topk/standard SAE); returns (sae, cfg)."""
+    """Load an SAE written by `save_sae` (or a SAELens topk/standard/jumprelu SAE); returns (sae, cfg)."""
     path = Path(path)
     for name in ("cfg.json", "sae_weights.safetensors"):
         if not (path / name).exists():
@@ -69,7 +70,15 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> tuple[Spar
     cls = sae_class(ours) if ours else saelens_class(cfg["architecture"])
     if cls is None:
         raise ValueError(f"{path / 'cfg.json'}: architecture {cfg['architecture']!r} is not supported")
+    if cfg.get("normalize_activations", "none") != "none":
+        raise ValueError(f"{path / 'cfg.json'}: normalize_activations {cfg['normalize_activations']!r} is not "
+                         f"supported (only 'none')")
     keywords = metadata["interp_lab_config"] if "interp_lab_config" in metadata else cls.config_from_saelens(cfg)
     sae = cls(cfg["d_in"], cfg["d_sae"], **keywords)
     sae.load_saelens_tensors(load_file(path / "sae_weights.safetensors"))
+    if not cfg.get("apply_b_dec_to_input", True):
+        # SAELens then encodes x @ W_enc + b_enc (Gemma Scope's files, for one), which is ours,
+        # (x - b_dec) @ W_enc + b_enc', with b_enc' = b_enc + b_dec @ W_enc
+        with torch.no_grad():
+            sae.b_enc.add_(sae.b_dec @ sae.W_enc)
     return sae.to(device).eval(), cfg

@@ -64,7 +64,7 @@ class SAETraining(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         # part of the step itself (not on_train_batch_end, which runs after callbacks such as the
         # resume checkpoint): a checkpoint taken at the end of a step holds the projected parameters
-        # (unit-norm decoder rows)
+        # (unit-norm decoder rows; JumpReLU's thresholds >= 0)
         self.sae.project_parameters()
 
     def on_train_end(self):

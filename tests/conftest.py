@@ -62,7 +62,7 @@ def tiny_cfg(tmp_path, cache_dir):
 
 def shrink_for_sae(shrink: list[str], overrides) -> list[str]:
     """`shrink` fitted to the architecture `overrides` choose (`sae=<name>`): no `sae.k` for one
-    without k (relu)."""
+    without k (relu, jumprelu)."""
     from sae_lab.architectures import REGISTRY
     chosen = [REGISTRY.get(o.split("=", 1)[1]) for o in overrides if o.startswith("sae=")]
     cls = chosen[-1] if chosen else None

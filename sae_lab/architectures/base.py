@@ -27,7 +27,7 @@ class SAEOutput:
     x_hat: torch.Tensor
     loss: torch.Tensor
     recon_loss: torch.Tensor          # FVU of this batch (of the whole dictionary's reconstruction)
-    aux_loss: torch.Tensor            # AuxK (top-k family) or L1 penalty (relu)
+    aux_loss: torch.Tensor            # AuxK (top-k family), L1 (relu) or L0 (jumprelu) penalty
     top_vals: torch.Tensor | None     # [B, k] for topk; None otherwise
     top_idx: torch.Tensor | None
     fired: torch.Tensor               # [d_sae] bool: latents active anywhere in the batch

@@ -14,11 +14,11 @@ from sae_lab import sae as old_path
 from sae_lab.architectures import ARCHITECTURES, REGISTRY, build_sae, saelens_class
 
 SHARED_KEYS = {"_target_", "architecture", "d_in", "d_sae"}
-KEYWORDS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "relu": {}}
+KEYWORDS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "relu": {}, "jumprelu": {}}
 
 
 def test_every_architecture_is_registered_and_has_a_config_file():
-    assert ARCHITECTURES == ("topk", "batchtopk", "relu")
+    assert ARCHITECTURES == ("topk", "batchtopk", "relu", "jumprelu")
     files = {p.stem for p in (Path(CONFIG_DIR) / "sae_lab" / "sae").glob("*.yaml")}
     assert files == set(ARCHITECTURES)
     assert old_path.ARCHITECTURES == ARCHITECTURES and old_path.build_sae is build_sae  # the first import path
@@ -26,8 +26,8 @@ def test_every_architecture_is_registered_and_has_a_config_file():
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_config_file_holds_exactly_the_class_keys(name):
-    """`sae=<name>` replaces the whole group: no key of another architecture is left over (relu has
-    no k), and every key the class takes is set."""
+    """`sae=<name>` replaces the whole group: no key of another architecture is left over (relu and
+    jumprelu have no k), and every key the class takes is set."""
     cfg = compose("sae_lab", [f"sae={name}"])
     cls = REGISTRY[name]
     assert cfg.sae.architecture == name
@@ -58,10 +58,10 @@ def test_build_sae_ignores_keys_of_other_architectures_but_names_unknown_ones():
 
 def test_saelens_names():
     assert {n: REGISTRY[n].saelens_architecture for n in ARCHITECTURES} == {
-        "topk": "topk", "batchtopk": "jumprelu", "relu": "standard"}
-    # a jumprelu file from elsewhere has per-latent thresholds: it is not a BatchTopK SAE
-    assert [saelens_class(n).architecture for n in ("topk", "standard")] == ["topk", "relu"]
-    assert saelens_class("jumprelu") is None and saelens_class("gated") is None
+        "topk": "topk", "batchtopk": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
+    # a jumprelu file from elsewhere is a JumpReLU SAE (per-latent thresholds), not a BatchTopK one
+    assert [saelens_class(n).architecture for n in ("topk", "standard", "jumprelu")] == ["topk", "relu", "jumprelu"]
+    assert saelens_class("gated") is None
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -43,6 +43,12 @@ def test_bad_input_names_the_key(tiny_cfg, tmp_path, override, key, fragment):
 
 @pytest.mark.parametrize("overrides, key, fragment", [
     (["sae=relu", "sae.l1_coeff=-1"], "sae.l1_coeff", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.l0_coeff=-0.1"], "sae.l0_coeff", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.bandwidth=0"], "sae.bandwidth", "positive number"),
+    (["sae=jumprelu", "sae.init_threshold=-1"], "sae.init_threshold", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.sparsity=l1"], "sae.sparsity", "must be one of ('step', 'tanh')"),
+    (["sae=jumprelu", "sae.tanh_scale=0"], "sae.tanh_scale", "positive number"),
+    (["sae=jumprelu", "sae.dead_after_tokens=0"], "sae.dead_after_tokens", "positive integer"),
     (["sae=batchtopk", "sae.threshold_momentum=1"], "sae.threshold_momentum", "in [0, 1)"),
     (["sae.aux_k_coeff=-1"], "sae.aux_k_coeff", "must be a number >= 0"),
     (["sae.fast=maybe"], "sae.fast", "true or false"),
