@@ -2,8 +2,9 @@
 
 Weights: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], plus what the
 architecture adds (`threshold` [d_sae] of a JumpReLU SAE). Each architecture says what it writes
-and reads (`sae_lab.architectures`): BatchTopK is saved the way SAELens saves it for inference, as
-a JumpReLU SAE whose threshold is the learned global one, which encodes identically.
+and reads (`sae_lab.architectures`): BatchTopK and Matryoshka are saved the way SAELens saves them
+for inference, as a JumpReLU SAE whose threshold is the learned global one, which encodes
+identically.
 `metadata.interp_lab_architecture` and `metadata.interp_lab_config` record the architecture and its
 keywords so `load_sae` rebuilds the same SAE. Files SAELens wrote (topk, standard, jumprelu) load
 through their cfg.json alone: inputs normalised by SAELens are refused, and without

@@ -68,7 +68,7 @@ class SAETraining(L.LightningModule):
         self.sae.project_parameters()
 
     def on_train_end(self):
-        calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK: per-example inference
+        calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK, Matryoshka: per-example inference
         if calibrate is not None and self.trainer.datamodule is not None:
             batches = [b for _, b in zip(range(8), self.trainer.datamodule.train_dataloader().epoch(0))]
             calibrate(torch.cat(batches).to(self.device))

@@ -16,17 +16,18 @@ from labcore.validate import positive_int, require
 from sae_lab.architectures.base import SAEOutput, SparseAutoencoder, fvu
 from sae_lab.architectures.batchtopk import BatchTopKSAE
 from sae_lab.architectures.jumprelu import JumpReLUSAE
+from sae_lab.architectures.matryoshka import MatryoshkaSAE
 from sae_lab.architectures.relu import ReLUSAE
 from sae_lab.architectures.topk import TopKSAE
 
-_CLASSES = (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE)
+_CLASSES = (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE, MatryoshkaSAE)
 REGISTRY: dict[str, type[SparseAutoencoder]] = {cls.architecture: cls for cls in _CLASSES}
 ARCHITECTURES = tuple(REGISTRY)
 # the class a file SAELens itself wrote loads as, by its cfg.json `architecture`
 _FROM_SAELENS = {cls.saelens_architecture: cls for cls in _CLASSES if not cls.saved_as_inference_equivalent}
 _ANY_CONFIG_KEY = frozenset(key for cls in _CLASSES for key in cls.config_keys)
 
-__all__ = ["ARCHITECTURES", "REGISTRY", "BatchTopKSAE", "JumpReLUSAE", "ReLUSAE", "SAEOutput",
+__all__ = ["ARCHITECTURES", "REGISTRY", "BatchTopKSAE", "JumpReLUSAE", "MatryoshkaSAE", "ReLUSAE", "SAEOutput",
            "SparseAutoencoder", "TopKSAE", "build_sae", "fvu", "sae_class", "saelens_class", "validate_sae_config"]
 
 

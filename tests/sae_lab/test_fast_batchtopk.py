@@ -1,5 +1,5 @@
-"""The fast (flat-code) BatchTopK path must give the dense path's loss and gradients (float64, to
-~1e-10), and its batch top-k must keep torch.topk's set."""
+"""The fast (flat-code) BatchTopK and Matryoshka paths must give the dense path's loss and gradients
+(float64, to ~1e-10), and their batch top-k must keep torch.topk's set."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_lab import fast_batchtopk, fast_topk
-from sae_lab.architectures import BatchTopKSAE
+from sae_lab.architectures import BatchTopKSAE, MatryoshkaSAE
 from sae_lab.fast_batchtopk import FlatCode, batch_topk_encode
 from sae_lab.fast_topk import LatentBags, flat_decode
 
@@ -205,8 +205,9 @@ def _batch(n=40, d=16, device="cpu", seed=0):
     return x
 
 
-CASES = [(BatchTopKSAE, {})]
-IDS = ["batchtopk"]
+MATRYOSHKA = [(MatryoshkaSAE, {"prefixes": p}) for p in ([16, 64, 256], [256], [1, 2, 255, 256])]
+CASES = [(BatchTopKSAE, {})] + MATRYOSHKA
+IDS = ["batchtopk"] + [f"matryoshka{c[1]['prefixes']}" for c in MATRYOSHKA]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -238,8 +239,10 @@ def test_fast_matches_dense_across_row_chunks_and_retries(monkeypatch, cls, kwar
     _assert_same_step(fast, dense, _batch())
 
 
-def test_negative_pre_activations_are_zeroed():
-    fast, dense = _pair(BatchTopKSAE, 8, 32, 6)
+@pytest.mark.parametrize("cls,kwargs", [(BatchTopKSAE, {}), (MatryoshkaSAE, {"prefixes": [8, 32]})],
+                         ids=["batchtopk", "matryoshka"])
+def test_negative_pre_activations_are_zeroed(cls, kwargs):
+    fast, dense = _pair(cls, 8, 32, 6, **kwargs)
     with torch.no_grad():
         fast.b_enc.fill_(-50.0)  # every pre-activation negative: the kept values are all relu'd to 0
     dense.load_state_dict(fast.state_dict())
@@ -248,9 +251,26 @@ def test_negative_pre_activations_are_zeroed():
     assert (fast.W_enc.grad == 0).all() and (fast.b_enc.grad == 0).all()
 
 
-def test_bf16_autocast_smoke():
+def test_matryoshka_loss_is_the_sum_of_prefix_fvus():
+    """Against the definition written out here: sum_m FVU(x, z[:, :m] W_dec[:m] + b_dec), plus AuxK."""
+    fast, _ = _pair(MatryoshkaSAE, 16, 64, 4, prefixes=[8, 24, 64])
+    x = _batch()
+    z = torch.zeros(40, 64, dtype=torch.float64)
+    code = batch_topk_encode(x, fast.W_enc, fast.b_enc, 4, b_dec=fast.b_dec)
+    z[code.rows, code.latents] = code.vals.detach()
+    denom = (x - x.mean(0)).pow(2).sum()
+    expected = sum((x - (z[:, :m] @ fast.W_dec[:m] + fast.b_dec)).pow(2).sum() / denom for m in (8, 24, 64))
+    out = fast(x)
+    assert out.aux_loss == 0  # nothing dead yet
+    torch.testing.assert_close(out.loss, expected.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.recon_loss, ((x - out.x_hat).pow(2).sum() / denom).detach(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(BatchTopKSAE, {}), (MatryoshkaSAE, {"prefixes": [32, 256]})],
+                         ids=["batchtopk", "matryoshka"])
+def test_bf16_autocast_smoke(cls, kwargs):
     torch.manual_seed(0)
-    sae = BatchTopKSAE(32, 256, k=8, fast=True)
+    sae = cls(32, 256, k=8, fast=True, **kwargs)
     x = torch.randn(64, 32)
     ref = sae(x).loss.item()
     with torch.autocast("cpu", dtype=torch.bfloat16):

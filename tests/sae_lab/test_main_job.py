@@ -19,7 +19,7 @@ EXPECTED = {"explained_variance", "fvu", "mse", "l0", "dead_fraction_eval", "dea
             "acc_zero_ablation", "wall_time_s"}
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu", "matryoshka"])
 def test_job_leaves_a_complete_result(tiny_cfg, tmp_path, arch, capsys):
     metrics = run(tiny_cfg(f"sae={arch}"))
     out = tmp_path / "out"
@@ -34,7 +34,7 @@ def test_job_leaves_a_complete_result(tiny_cfg, tmp_path, arch, capsys):
     sae, cfg = load_sae(out / "sae")
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post" and sae.d_sae == 64
     assert -1 < metrics["explained_variance"] <= 1
-    if arch in ("topk", "batchtopk"):  # k = 4: exact per example, or on average
+    if arch in ("topk", "batchtopk", "matryoshka"):  # k = 4: exact per example, or on average
         assert metrics["l0"] == pytest.approx(4, abs=1e-9 if arch == "topk" else 0.5)
     else:
         assert 0 < metrics["l0"] < 64

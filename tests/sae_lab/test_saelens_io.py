@@ -7,18 +7,18 @@ from sae_lab.sae import build_sae
 from sae_lab.saelens_io import load_sae, save_sae
 
 
-ARCHS = ["topk", "batchtopk", "relu", "jumprelu"]
+ARCHS = ["topk", "batchtopk", "relu", "jumprelu", "matryoshka"]
 
 
 def trained_like(arch):
     torch.manual_seed(0)
-    sae = build_sae(arch, 12, 48, k=6)
+    sae = build_sae(arch, 12, 48, k=6, prefixes=[12, 48])
     with torch.no_grad():
         sae.b_enc.normal_()
         sae.b_dec.normal_()
         if arch == "jumprelu":  # thresholds of their own per latent, some of them 0
             sae.threshold.uniform_(0, 2).mul_(torch.rand(48) > 0.2)
-    if arch == "batchtopk":  # a global threshold learned in training steps
+    if arch in ("batchtopk", "matryoshka"):  # a global threshold learned in training steps
         for s in range(3):
             sae(torch.randn(32, 12))
     return sae.eval()
