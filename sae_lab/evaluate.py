@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from labcore.hooks import HookedModel
 from sae_lab.metrics import ReconstructionStats
-from sae_lab.sae import SparseAutoencoder
+from sae_lab.architectures import SparseAutoencoder
 
 
 @torch.no_grad()

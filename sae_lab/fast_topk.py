@@ -14,8 +14,12 @@ find the top k) every product of the step touches just B*k (row, latent) pairs:
 rows form one bag; `F.embedding_bag` then writes every output row exactly once, so nothing
 [B, d_sae]-sized is materialised or zeroed, and no atomics are needed on GPU.
 
-The dense path in `sae_lab.sae` stays the reference these are tested against in float64
-(tests/test_sparse.py); benchmarks/bench_sae_step.py measures the gain.
+The same products serve a flat code, a list of (row, latent, value) pairs grouped by row with any
+number per row (BatchTopK's, `sae_lab.fast_batchtopk`): `flat_decode`, and `encoder_grads` and
+`LatentBags` given the pairs' rows.
+
+The dense paths in `sae_lab.architectures` stay the reference these are tested against in float64
+(tests/sae_lab/test_fast_topk.py, test_fast_batchtopk.py); benchmarks/bench_sae_step.py measures the gain.
 """
 
 from __future__ import annotations
@@ -40,45 +44,50 @@ AUXK_SPARSE_MAX_FILL = 0.125
 
 @dataclass
 class LatentBags:
-    """The B*k (row, latent) pairs of a top-k code grouped by latent, for `F.embedding_bag`.
+    """The (row, latent) pairs of a sparse code grouped by latent, for `F.embedding_bag`.
 
-    rows[offsets[l]:offsets[l+1]] are the rows in which latent l is active and `order` maps that
-    grouping back to positions in the flattened [B, k] code (so weights are `w.flatten()[order]`).
+    A code is either a top-k code idx [B, k] (the row of a pair is its row in idx) or a flat list
+    of pairs latents [N] with their rows [N] (BatchTopK, `sae_lab.fast_batchtopk`, where rows keep
+    different numbers of latents). rows[offsets[l]:offsets[l+1]] are the rows in which latent l is
+    active and `order` maps that grouping back to positions in the flattened code (so weights are
+    `w.flatten()[order]`).
     """
 
-    order: torch.Tensor    # [B*k] permutation of the flattened code, sorted by latent
-    rows: torch.Tensor     # [B*k] row of each pair, in that order
+    order: torch.Tensor    # [N] permutation of the flattened code, sorted by latent
+    rows: torch.Tensor     # [N] row of each pair, in that order
     offsets: torch.Tensor  # [d_sae] start of each latent's bag
 
     @classmethod
-    def build(cls, idx: torch.Tensor, d_sae: int) -> LatentBags:
-        k = idx.shape[1]
+    def build(cls, idx: torch.Tensor, d_sae: int, rows: torch.Tensor | None = None) -> LatentBags:
         sorted_latents, order = idx.reshape(-1).sort()
         offsets = torch.searchsorted(sorted_latents, torch.arange(d_sae, device=idx.device, dtype=idx.dtype))
-        return cls(order, torch.div(order, k, rounding_mode="floor"), offsets)
+        if rows is None:  # a [B, k] code: the row is the position divided by k, no list needed
+            return cls(order, torch.div(order, idx.shape[1], rounding_mode="floor"), offsets)
+        return cls(order, rows[order], offsets)
 
     @classmethod
-    def of(cls, idx: torch.Tensor, d_sae: int) -> LatentBags:
-        """`build`, reusing the previous result when called again on the same idx.
+    def of(cls, idx: torch.Tensor, d_sae: int, rows: torch.Tensor | None = None) -> LatentBags:
+        """`build`, reusing the previous result when called again on the same idx (and rows).
 
-        A step's decoder backward and encoder backward both need the bags of the same idx, and
-        sorting is their costliest part. The cache holds a reference to that idx, so its memory
-        cannot be handed to another tensor while the entry lives; idx is saved for backward by
+        A step's decoder backward and encoder backward both need the bags of the same code, and
+        sorting is their costliest part. The cache holds references to idx and rows, so their memory
+        cannot be handed to another tensor while the entry lives; both are saved for backward by
         both functions, so autograd would raise before any in-place change could go unnoticed.
         """
         global _last_bags
-        key = (idx.device, idx.untyped_storage().data_ptr(), idx.storage_offset(), idx.shape, idx.stride(), d_sae)
+        key = tuple((t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride())
+                    for t in (idx, rows) if t is not None) + (d_sae,)
         if _last_bags is None or _last_bags[0] != key:
-            _last_bags = (key, idx, cls.build(idx, d_sae))
+            _last_bags = (key, (idx, rows), cls.build(idx, d_sae, rows))
         return _last_bags[2]
 
     def sum_rows(self, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """[d_sae, table cols]: out[l] = sum over pairs (b, j) with idx[b,j] = l of weights[b,j] * table[b]."""
+        """[d_sae, table cols]: out[l] = sum over the pairs p of latent l of weights[p] * table[row of p]."""
         w = weights.reshape(-1)[self.order].to(table.dtype)
         return F.embedding_bag(self.rows, table, self.offsets, per_sample_weights=w, mode="sum")
 
 
-_last_bags: tuple[tuple, torch.Tensor, LatentBags] | None = None  # (key, idx, bags) for LatentBags.of
+_last_bags: tuple[tuple, tuple, LatentBags] | None = None  # (key, (idx, rows), bags) for LatentBags.of
 
 
 def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
@@ -126,16 +135,44 @@ def _chunked_topk(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int):
     return vals, idx
 
 
+def encoder_pieces(x, W_enc, b_enc, b_dec, select):
+    """`select(x_c, W_enc, b_enc)` (a chunked GEMM + selection) run as the dense path's matmul would
+    run: in the autocast dtype when autocast is on. Returns (x_c, what select returned)."""
+    x_c = x if b_dec is None else x - b_dec
+    dtype = _autocast_dtype(x_c)
+    with torch.autocast(x_c.device.type, enabled=False):  # explicit casts: out= needs them
+        if dtype is None:
+            return x_c, select(x_c, W_enc, b_enc)
+        return x_c, select(x_c.to(dtype), W_enc.to(dtype), b_enc.to(dtype))
+
+
+def encoder_grads(needs_input_grad, x_c, W_enc, vals, grad_vals, latents, rows=None, row_offsets=None):
+    """Gradients of (x, W_enc, b_enc, b_dec) of an encoder that kept the pre-activations `vals`
+    (relu'd) of the pairs of a sparse code and got `grad_vals` for them.
+
+    The code is a top-k code latents [B, k], or a flat code latents [N] grouped by row, with the row
+    of each pair in `rows` [N] and where each row's pairs start in `row_offsets` [B].
+    """
+    need_x, need_W, need_b_enc, need_b_dec = needs_input_grad[:4]
+    # G: relu' (0 where the kept value was clipped), in the parameters' dtype: under autocast
+    # the forward GEMM ran in bf16/fp16, but these sparse products are cheap enough for fp32.
+    g = grad_vals.masked_fill(vals <= 0, 0).to(W_enc.dtype)
+    grad_x = grad_W = grad_b_enc = grad_b_dec = None
+    if need_W:  # x_c^T @ G, built as its transpose: one bag of rows of x_c per latent
+        grad_W = LatentBags.of(latents, W_enc.shape[1], rows).sum_rows(g, x_c).t()
+    if need_b_enc or need_b_dec:
+        grad_b_enc = torch.zeros_like(W_enc[0]).index_add_(0, latents.reshape(-1), g.reshape(-1))
+    if need_b_dec:  # -sum_b (G @ W_enc^T)[b] = -W_enc @ grad_b_enc: no per-row product needed
+        grad_b_dec = -(W_enc @ grad_b_enc)
+    if need_x:  # G @ W_enc^T: a weighted sum of the kept columns of W_enc per row
+        grad_x = F.embedding_bag(latents, W_enc.t(), row_offsets, per_sample_weights=g, mode="sum").to(x_c.dtype)
+    return grad_x, grad_W, grad_b_enc if need_b_enc else None, grad_b_dec
+
+
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k):
-        x_c = x if b_dec is None else x - b_dec
-        dtype = _autocast_dtype(x_c)
-        with torch.autocast(x_c.device.type, enabled=False):  # explicit casts: out= needs them
-            if dtype is None:
-                vals, idx = _chunked_topk(x_c, W_enc, b_enc, k)
-            else:
-                vals, idx = _chunked_topk(x_c.to(dtype), W_enc.to(dtype), b_enc.to(dtype), k)
+        x_c, (vals, idx) = encoder_pieces(x, W_enc, b_enc, b_dec, lambda x, W, b: _chunked_topk(x, W, b, k))
         vals = vals.relu_()
         ctx.save_for_backward(x_c, W_enc, vals, idx)
         ctx.mark_non_differentiable(idx)
@@ -144,20 +181,7 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals, _grad_idx):
         x_c, W_enc, vals, idx = ctx.saved_tensors
-        need_x, need_W, need_b_enc, need_b_dec, _ = ctx.needs_input_grad
-        # G: relu' (0 where the kept value was clipped), in the parameters' dtype: under autocast
-        # the forward GEMM ran in bf16/fp16, but these sparse products are cheap enough for fp32.
-        g = grad_vals.masked_fill(vals <= 0, 0).to(W_enc.dtype)
-        grad_x = grad_W = grad_b_enc = grad_b_dec = None
-        if need_W:  # x_c^T @ G, built as its transpose: one bag of rows of x_c per latent
-            grad_W = LatentBags.of(idx, W_enc.shape[1]).sum_rows(g, x_c).t()
-        if need_b_enc or need_b_dec:
-            grad_b_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), g.reshape(-1))
-        if need_b_dec:  # -sum_b (G @ W_enc^T)[b] = -W_enc @ grad_b_enc: no per-row product needed
-            grad_b_dec = -(W_enc @ grad_b_enc)
-        if need_x:  # G @ W_enc^T: a weighted sum of k columns of W_enc per row
-            grad_x = F.embedding_bag(idx, W_enc.t(), per_sample_weights=g, mode="sum").to(x_c.dtype)
-        return grad_x, grad_W, grad_b_enc if need_b_enc else None, grad_b_dec, None
+        return (*encoder_grads(ctx.needs_input_grad, x_c, W_enc, vals, grad_vals, idx), None)
 
 
 def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
@@ -174,29 +198,40 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
 
 
 class _SparseDecode(torch.autograd.Function):
+    """A top-k code (idx [B, k], rows and row_offsets None) or a flat code (idx [N] grouped by row)."""
+
     @staticmethod
-    def forward(ctx, vals, idx, W_dec):
-        ctx.save_for_backward(vals, idx, W_dec)
-        return F.embedding_bag(idx, W_dec, per_sample_weights=vals.to(W_dec.dtype), mode="sum")
+    def forward(ctx, vals, idx, rows, row_offsets, W_dec):
+        ctx.save_for_backward(vals, idx, rows, row_offsets, W_dec)
+        return F.embedding_bag(idx, W_dec, row_offsets, per_sample_weights=vals.to(W_dec.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out):
-        vals, idx, W_dec = ctx.saved_tensors
+        vals, idx, rows, row_offsets, W_dec = ctx.saved_tensors
         grad_vals = grad_W = None
         if ctx.needs_input_grad[0]:
-            # <grad_out[b], W_dec[idx[b, j]]> for all (b, j): the kernel autograd itself uses for
+            # <grad_out[row], W_dec[latent]> for every pair: the kernel autograd itself uses for
             # embedding_bag's per_sample_weights; it needs offsets and each index's bag.
-            B, k = idx.shape
-            flat = idx.reshape(-1)
-            offsets = torch.arange(0, B * k, k, device=idx.device)
-            bag_of = torch.arange(B, device=idx.device).repeat_interleave(k)
+            offsets, bag_of = row_offsets, rows
+            if rows is None:
+                B, k = idx.shape
+                offsets = torch.arange(0, B * k, k, device=idx.device)
+                bag_of = torch.arange(B, device=idx.device).repeat_interleave(k)
             grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out.to(W_dec.dtype), W_dec, flat, offsets, bag_of, 0, -1).view(B, k).to(vals.dtype)
-        if ctx.needs_input_grad[2]:  # one bag of rows per latent: each W_dec row written once
-            grad_W = LatentBags.of(idx, W_dec.shape[0]).sum_rows(vals, grad_out.to(W_dec.dtype))
-        return grad_vals, None, grad_W
+                grad_out.to(W_dec.dtype), W_dec, idx.reshape(-1), offsets, bag_of, 0, -1
+            ).view(vals.shape).to(vals.dtype)
+        if ctx.needs_input_grad[4]:  # one bag of rows per latent: each W_dec row written once
+            grad_W = LatentBags.of(idx, W_dec.shape[0], rows).sum_rows(vals, grad_out.to(W_dec.dtype))
+        return grad_vals, None, None, None, grad_W
 
 
 def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """sum_j vals[b, j] * W_dec[idx[b, j]] for each row b -> [B, d_in] (no bias), in W_dec's dtype."""
-    return _SparseDecode.apply(vals, idx, W_dec)
+    return _SparseDecode.apply(vals, idx, None, None, W_dec)
+
+
+def flat_decode(vals: torch.Tensor, latents: torch.Tensor, rows: torch.Tensor, row_offsets: torch.Tensor,
+                W_dec: torch.Tensor) -> torch.Tensor:
+    """sparse_decode of a flat code: pairs (rows[p], latents[p], vals[p]) grouped by row, row b's
+    from row_offsets[b] on (rows may hold any number of pairs, none included) -> [B, d_in]."""
+    return _SparseDecode.apply(vals, latents, rows, row_offsets, W_dec)

@@ -16,24 +16,14 @@ from labcore.task import TrainingTask
 from labcore.validate import (ConfigError, adam_betas, checkpoint_file, existing_path, fraction, get,
                               instantiate_or_explain, number_in, optional, positive_int, positive_number, require,
                               seed_value)
-from sae_lab.sae import ARCHITECTURES
+from sae_lab.architectures import validate_sae_config
 
 
 class SAETrainTask(TrainingTask):
     # ---- validation: cheap, before any compute ------------------------------------------------
     def validate(self) -> None:
         cfg = self.cfg
-        arch = require(cfg, "sae.architecture", lambda v: v in ARCHITECTURES, f"must be one of {ARCHITECTURES}")
-        d_sae = positive_int(cfg, "sae.d_sae")
-        if arch != "relu":
-            k = positive_int(cfg, "sae.k")
-            if k > d_sae:
-                raise ConfigError("sae.k", f"must not exceed sae.d_sae={d_sae} (got {k})")
-        else:
-            require(cfg, "sae.l1_coeff", lambda v: v >= 0, "must be >= 0")
-        optional(positive_int, cfg, "sae.aux_k")
-        if (get(cfg, "sae.aux_k") or 0) > d_sae:
-            raise ConfigError("sae.aux_k", f"must not exceed sae.d_sae={d_sae} (got {get(cfg, 'sae.aux_k')})")
+        validate_sae_config(cfg)  # the architecture's own keys (sae_lab.architectures)
         positive_number(cfg, "train.lr")
         adam_betas(cfg, "train.betas")
         positive_int(cfg, "train.batch_size")
@@ -208,7 +198,8 @@ class SAETrainTask(TrainingTask):
         sae_dir = save_sae(sae, self.output_dir / "sae", hook_name=cfg.activations.hook_name,
                            model_name=self.model_name, extra_metadata={"seed": cfg.seed})
         self.manifest.add_output("sae", sae_dir)
-        title = f"{sae.architecture} d_sae={sae.d_sae}" + (f" k={sae.k}" if sae.k else "") + f" seed={cfg.seed}"
+        k = getattr(sae, "k", None)
+        title = f"{sae.architecture} d_sae={sae.d_sae}" + (f" k={k}" if k else "") + f" seed={cfg.seed}"
         figures.training_curves(read_step_log(self.step_log_path), self.figures_dir / "training_curves.png", title)
         figures.latent_density(freq.numpy(), self.figures_dir / "latent_density.png", title)
         torch.save(freq, self.output_dir / "latent_frequency.pt")

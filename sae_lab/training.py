@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from labcore.fit import step_logs_due
 from sae_lab.metrics import ReconstructionStats
-from sae_lab.sae import SparseAutoencoder
+from sae_lab.architectures import SparseAutoencoder
 
 
 def reference_alignment(w_dec: torch.Tensor, reference: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -65,11 +65,12 @@ class SAETraining(L.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # part of the step itself (not on_train_batch_end, which runs after callbacks such as the
-        # resume checkpoint): a checkpoint taken at the end of a step holds the normalised decoder
-        self.sae.normalize_decoder()
+        # resume checkpoint): a checkpoint taken at the end of a step holds the projected parameters
+        # (unit-norm decoder rows; JumpReLU's thresholds >= 0)
+        self.sae.project_parameters()
 
     def on_train_end(self):
-        calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK: per-example inference
+        calibrate = getattr(self.sae, "calibrate_threshold", None)  # BatchTopK, Matryoshka: per-example inference
         if calibrate is not None and self.trainer.datamodule is not None:
             batches = [b for _, b in zip(range(8), self.trainer.datamodule.train_dataloader().epoch(0))]
             calibrate(torch.cat(batches).to(self.device))

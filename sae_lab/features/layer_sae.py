@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from labcore.task import TrainingTask
-from labcore.validate import ConfigError, fraction, positive_int, positive_number, require, seed_value
+from labcore.validate import ConfigError, fraction, positive_int, positive_number, seed_value
 from sae_lab.features import common
-from sae_lab.sae import ARCHITECTURES
+from sae_lab.architectures import validate_sae_config
 
 
 def validation_samples(n_samples: int, val_frac: float, seed: int) -> np.ndarray:
@@ -28,10 +28,7 @@ class LayerSAETask(TrainingTask):
         cfg = self.cfg
         self.spec = common.model_spec(cfg)
         self.layer = common.layer(cfg, self.spec.layout().n_layers)
-        arch = require(cfg, "sae.architecture", lambda v: v in ARCHITECTURES, f"must be one of {ARCHITECTURES}")
-        d_sae = positive_int(cfg, "sae.d_sae")
-        if arch != "relu" and positive_int(cfg, "sae.k") > d_sae:
-            raise ConfigError("sae.k", f"must not exceed sae.d_sae={d_sae}")
+        validate_sae_config(cfg)
         positive_number(cfg, "train.lr")
         positive_int(cfg, "train.batch_size")
         positive_int(cfg, "train.eval_batch_size")

@@ -41,6 +41,31 @@ def test_bad_input_names_the_key(tiny_cfg, tmp_path, override, key, fragment):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("overrides, key, fragment", [
+    (["sae=relu", "sae.l1_coeff=-1"], "sae.l1_coeff", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.l0_coeff=-0.1"], "sae.l0_coeff", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.bandwidth=0"], "sae.bandwidth", "positive number"),
+    (["sae=jumprelu", "sae.init_threshold=-1"], "sae.init_threshold", "must be a number >= 0"),
+    (["sae=jumprelu", "sae.sparsity=l1"], "sae.sparsity", "must be one of ('step', 'tanh')"),
+    (["sae=jumprelu", "sae.tanh_scale=0"], "sae.tanh_scale", "positive number"),
+    (["sae=jumprelu", "sae.dead_after_tokens=0"], "sae.dead_after_tokens", "positive integer"),
+    (["sae=matryoshka", "sae.prefixes=[16,8,64]"], "sae.prefixes", "strictly increasing"),
+    (["sae=matryoshka", "sae.prefixes=[16,32]"], "sae.prefixes", "must end at sae.d_sae=64"),
+    (["sae=matryoshka", "sae.prefixes=[]"], "sae.prefixes", "non-empty list"),
+    (["sae=matryoshka", "sae.k=100"], "sae.k", "must not exceed sae.d_sae=64"),
+    (["sae=batchtopk", "sae.threshold_momentum=1"], "sae.threshold_momentum", "in [0, 1)"),
+    (["sae.aux_k_coeff=-1"], "sae.aux_k_coeff", "must be a number >= 0"),
+    (["sae.fast=maybe"], "sae.fast", "true or false"),
+])
+def test_bad_architecture_keys_are_named(tiny_cfg, tmp_path, overrides, key, fragment):
+    cfg = tiny_cfg(*overrides, f"paths.cache_dir={tmp_path / 'fresh_cache'}")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.key == key
+    assert str(err.value).startswith(key) and fragment in str(err.value)
+    assert not (tmp_path / "fresh_cache").exists()
+
+
 def test_non_finite_activations_are_counted():
     acts = np.ones((10, 4), dtype=np.float32)
     acts[2, 1] = np.nan
