@@ -43,7 +43,7 @@ sys.path.insert(0, REPO_ROOT)
 
 import torch  # noqa: E402
 
-from sae_lab.sae import TopKSAE  # noqa: E402
+from sae_lab.sae import TopKSAE, build_sae  # noqa: E402
 from proc_status import reset_peak, status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
 SHAPES = {  # name: (d_in, d_sae, k, batch)
@@ -60,10 +60,12 @@ def make_batch(d_in: int, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def make_trainer(d_in: int, d_sae: int, k: int, x: torch.Tensor, fast: bool, dead_frac: float,
-                 fused_adam: bool):
-    """(sae, step) where step() runs one training step on x."""
+                 fused_adam: bool, arch: str = "topk", bf16: bool = False):
+    """(sae, step) where step() runs one training step on x; bf16: under CPU/CUDA bf16 autocast, as
+    `trainer.precision=bf16-mixed` runs it (fp32 parameters, Adam and decoder normalisation)."""
     torch.manual_seed(0)  # same init for both paths
-    sae = TopKSAE(d_in, d_sae, k=k, fast=fast)
+    # Matryoshka's nested prefixes as its config's default ([64, 256, d_sae]) at this width
+    sae = build_sae(arch, d_in, d_sae, k=k, fast=fast, prefixes=[d_sae // 16, d_sae // 4, d_sae])
     sae.init_b_dec(x)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=fused_adam)
     n_dead = int(dead_frac * d_sae)
@@ -74,7 +76,8 @@ def make_trainer(d_in: int, d_sae: int, k: int, x: torch.Tensor, fast: bool, dea
     def step():
         if n_dead:
             sae.tokens_since_fired[dead] = sae.dead_after_tokens
-        out = sae(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = sae(x)
         out.loss.backward()
         sae.remove_parallel_decoder_grad()
         opt.step()
@@ -112,6 +115,31 @@ def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam
             "tok_s": {v: batch / t for v, t in med.items()},
             "spread": {v: (1e3 * min(ts), 1e3 * max(ts)) for v, ts in per_step.items()},
             "dead": int(dead_frac * d_sae)}
+
+
+def time_architectures(name: str, repeats: int, steps: int, dead_frac: float, fused_adam: bool) -> dict:
+    """fp32 vs bf16 autocast of the TopK fast path, and BatchTopK / Matryoshka fast vs dense, interleaved."""
+    d_in, d_sae, k, batch = SHAPES[name]
+    x = make_batch(d_in, batch)
+    variants = {
+        "topk fast fp32": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam)[1],
+        "topk fast bf16": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, bf16=True)[1],
+        "batchtopk fast": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="batchtopk")[1],
+        "batchtopk dense": make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam, arch="batchtopk")[1],
+        "batchtopk fast bf16": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="batchtopk", bf16=True)[1],
+        "matryoshka fast": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="matryoshka")[1],
+        "matryoshka dense": make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam, arch="matryoshka")[1],
+    }
+    for fn in variants.values():
+        fn(), fn()
+    per_step = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v, fn in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            per_step[v].append((time.perf_counter() - t0) / steps)
+    return {v: 1e3 * statistics.median(ts) for v, ts in per_step.items()}
 
 
 # ---- memory: one subprocess per (shape, path) -------------------------------------------------
@@ -154,6 +182,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--plain-adam", action="store_true", help="torch.optim.Adam default (not fused)")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--architectures", action="store_true",
+                   help="also time bf16 autocast and the BatchTopK / Matryoshka fast paths (first shape)")
     p.add_argument("--memory-worker", help=argparse.SUPPRESS)
     p.add_argument("--path", choices=["fast", "dense"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,6 +211,19 @@ def main() -> None:
         spread = ", ".join(f"{v} {lo:.1f}-{hi:.1f}" for v, (lo, hi) in r["spread"].items())
         print(f"{'':>10}     (per-step ms over repeats, min-max: {spread})", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+    if args.architectures:
+        name = args.shapes[0]
+        ms = time_architectures(name, args.repeats, args.steps, args.dead_frac, fused)
+        batch = SHAPES[name][3]
+        print(f"\n{name}, k {SHAPES[name][2]}, batch {batch}: ms per step (tok/s)")
+        for v, t in ms.items():
+            print(f"  {v:>20} {t:8.1f} ms ({batch / t * 1e3:8.0f} tok/s)")
+        print(f"  bf16 / fp32 (TopK fast): {ms['topk fast fp32'] / ms['topk fast bf16']:.2f}x;"
+              f" BatchTopK fast / dense: {ms['batchtopk dense'] / ms['batchtopk fast']:.2f}x;"
+              f" BatchTopK bf16 / fp32: {ms['batchtopk fast'] / ms['batchtopk fast bf16']:.2f}x;"
+              f" Matryoshka fast / dense: {ms['matryoshka dense'] / ms['matryoshka fast']:.2f}x")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
     if args.no_memory:
         return
