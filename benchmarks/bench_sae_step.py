@@ -95,13 +95,11 @@ def make_gemm(sae: TopKSAE, x: torch.Tensor):
     return lambda: torch.mm(x_c, W, out=out)
 
 
-def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam: bool) -> dict:
-    d_in, d_sae, k, batch = SHAPES[name]
-    x = make_batch(d_in, batch)
-    fast_sae, fast_step = make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam)
-    _, dense_step = make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam)
-    variants = {"fast": fast_step, "dense": dense_step, "gemm": make_gemm(fast_sae, x)}
-    for fn in variants.values():  # warm-up: Adam state, allocator, MKL/oneDNN kernels
+def interleaved(variants: dict, repeats: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant in each repeat, the variants taking turns (fast, dense, ...,
+    fast, dense, ...) so load from other processes hits all alike; after two warm-up steps each
+    (Adam state, allocator, MKL/oneDNN kernels)."""
+    for fn in variants.values():
         fn(), fn()
     per_step = {v: [] for v in variants}
     for _ in range(repeats):
@@ -110,6 +108,16 @@ def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam
             for _ in range(steps):
                 fn()
             per_step[v].append((time.perf_counter() - t0) / steps)
+    return per_step
+
+
+def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam: bool) -> dict:
+    d_in, d_sae, k, batch = SHAPES[name]
+    x = make_batch(d_in, batch)
+    fast_sae, fast_step = make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam)
+    _, dense_step = make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam)
+    variants = {"fast": fast_step, "dense": dense_step, "gemm": make_gemm(fast_sae, x)}
+    per_step = interleaved(variants, repeats, steps)
     med = {v: statistics.median(ts) for v, ts in per_step.items()}
     return {"batch": batch, "ms": {v: 1e3 * t for v, t in med.items()},
             "tok_s": {v: batch / t for v, t in med.items()},
@@ -130,16 +138,7 @@ def time_architectures(name: str, repeats: int, steps: int, dead_frac: float, fu
         "matryoshka fast": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="matryoshka")[1],
         "matryoshka dense": make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam, arch="matryoshka")[1],
     }
-    for fn in variants.values():
-        fn(), fn()
-    per_step = {v: [] for v in variants}
-    for _ in range(repeats):
-        for v, fn in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            per_step[v].append((time.perf_counter() - t0) / steps)
-    return {v: 1e3 * statistics.median(ts) for v, ts in per_step.items()}
+    return {v: 1e3 * statistics.median(ts) for v, ts in interleaved(variants, repeats, steps).items()}
 
 
 # ---- memory: one subprocess per (shape, path) -------------------------------------------------

@@ -10,6 +10,7 @@ from sae_lab import fast_batchtopk, fast_topk
 from sae_lab.architectures import BatchTopKSAE, MatryoshkaSAE
 from sae_lab.fast_batchtopk import FlatCode, batch_topk_encode
 from sae_lab.fast_topk import LatentBags, flat_decode
+from tests.sae_lab.test_fast_topk import _pair as fast_dense_pair
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -172,17 +173,9 @@ def test_band_keeps_row_grouping():
 
 
 # ---- the full SAE step: fast == dense -------------------------------------------------------------
-def _pair(cls, d_in, d_sae, k, device="cpu", seed=0, **kwargs):
-    """A fast and a dense SAE of `cls` with identical float64 parameters (biases made non-zero)."""
-    torch.manual_seed(seed)
-    fast = cls(d_in, d_sae, k=k, fast=True, **kwargs).double().to(device)
-    with torch.no_grad():
-        fast.b_enc.normal_(0, 0.3)
-        fast.b_dec.normal_(0, 0.3)
-        fast.W_enc.add_(0.1 * torch.randn_like(fast.W_enc))  # untie from W_dec
-    dense = cls(d_in, d_sae, k=k, fast=False, **kwargs).double().to(device)
-    dense.load_state_dict(fast.state_dict())
-    return fast, dense
+def _pair(cls, d_in, d_sae, k, *args, **kwargs):
+    """A fast and a dense SAE of `cls` with identical float64 parameters (test_fast_topk's)."""
+    return fast_dense_pair(d_in, d_sae, k, *args, cls=cls, **kwargs)
 
 
 def _assert_same_step(fast, dense, x):

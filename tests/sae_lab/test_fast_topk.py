@@ -12,15 +12,15 @@ from sae_lab.fast_topk import LatentBags, _grouped_topk, sparse_decode, topk_enc
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _pair(d_in, d_sae, k, device="cpu", seed=0, **kwargs):
-    """A fast and a dense TopKSAE with identical float64 parameters (biases made non-zero)."""
+def _pair(d_in, d_sae, k, device="cpu", seed=0, cls=TopKSAE, **kwargs):
+    """A fast and a dense SAE of `cls` with identical float64 parameters (biases made non-zero)."""
     torch.manual_seed(seed)
-    fast = TopKSAE(d_in, d_sae, k=k, fast=True, **kwargs).double().to(device)
+    fast = cls(d_in, d_sae, k=k, fast=True, **kwargs).double().to(device)
     with torch.no_grad():
         fast.b_enc.normal_(0, 0.3)
         fast.b_dec.normal_(0, 0.3)
         fast.W_enc.add_(0.1 * torch.randn_like(fast.W_enc))  # untie from W_dec
-    dense = TopKSAE(d_in, d_sae, k=k, fast=False, **kwargs).double().to(device)
+    dense = cls(d_in, d_sae, k=k, fast=False, **kwargs).double().to(device)
     dense.load_state_dict(fast.state_dict())
     return fast, dense
 
