@@ -1,5 +1,6 @@
-"""Figures of an aggregated SAE sweep: PWMCC against k or d_sae with the random band, and
-explained variance against L0 for every finished job."""
+"""Figures of an aggregated SAE sweep: PWMCC against k or d_sae with the random band, PWMCC per
+group (e.g. per architecture) against its random baseline, and explained variance against L0 for
+every finished job."""
 
 from __future__ import annotations
 
@@ -34,6 +35,28 @@ def pwmcc_vs_parameter(rows: list[dict], param: str, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def pwmcc_by_group(rows: list[dict], path: Path) -> Path | None:
+    """Each group's trained PWMCC (95% CI over seeds) next to its random baseline, one row per group:
+    the comparison for sweeps over categories (architectures, ...); None with fewer than 2 groups."""
+    from labcore.plotting import save_figure, subplots
+    pts = sorted((r for r in rows if r.get("pwmcc_trained_mean") is not None), key=lambda r: r["pwmcc_trained_mean"])
+    if len(pts) < 2:
+        return None
+    y = list(range(len(pts)))
+    fig, ax = subplots(figsize=(6, 1.2 + 0.45 * len(pts)))
+    t = [r["pwmcc_trained_mean"] for r in pts]
+    ax.errorbar(t, y, xerr=[[m - r["pwmcc_trained_ci_low"] for m, r in zip(t, pts)],
+                            [r["pwmcc_trained_ci_high"] - m for m, r in zip(t, pts)]],
+                fmt="o", capsize=3, label="trained (95% CI over seeds)")
+    ax.scatter([r["pwmcc_random_mean"] for r in pts], y, marker="|", s=200, color="gray",
+               label="random dictionaries of the same shape")
+    ax.set_yticks(y, [r["group"] for r in pts], fontsize=8)
+    ax.set_xlabel("PWMCC between seeds")
+    ax.set_title("seed consistency per group")
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
 def ev_vs_l0(jobs: list[Job], path: Path) -> Path | None:
     """Held-out explained variance against L0, one colour per group; None without a finished job."""
     from labcore.plotting import save_figure, subplots
@@ -57,5 +80,6 @@ def ev_vs_l0(jobs: list[Job], path: Path) -> Path | None:
 def sweep_figures(rows: list[dict], jobs: list[Job], fig_dir: Path) -> list[Path]:
     """Every figure that applies to this sweep, written into `fig_dir`."""
     drawn = [pwmcc_vs_parameter(rows, param, fig_dir / f"pwmcc_vs_{param}.png") for param in ("k", "d_sae")]
+    drawn.append(pwmcc_by_group(rows, fig_dir / "pwmcc_by_group.png"))
     drawn.append(ev_vs_l0(jobs, fig_dir / "ev_vs_l0.png"))
     return [p for p in drawn if p is not None]

@@ -43,6 +43,7 @@ def test_callback_aggregated_the_sweep(sweep_dir):
         pairs = list(csv.DictReader(f))
     assert [(p["seed_a"], p["seed_b"]) for p in pairs] == [("0", "1"), ("0", "2"), ("1", "2")]
     assert (sweep_dir / "aggregate" / "figures" / "pwmcc_vs_k.png").exists()
+    assert (sweep_dir / "aggregate" / "figures" / "pwmcc_by_group.png").stat().st_size > 1000
     assert "sae.k=2" in (sweep_dir / "aggregate" / "summary.md").read_text()
 
 
