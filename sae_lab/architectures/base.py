@@ -36,8 +36,33 @@ class SAEOutput:
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained of a batch: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
-    total = (x - x.mean(0, keepdim=True)).pow(2).sum()
-    return (x - x_hat).pow(2).sum() / total.clamp_min(torch.finfo(x.dtype).tiny)
+    return _FVU.apply(x, x_hat)
+
+
+class _FVU(torch.autograd.Function):
+    """`fvu` with a hand-written backward: the training loss of every step, over [B, d_in] tensors
+    that autograd would walk with ~6 elementwise passes (pow, its backward, the sub's neg, ...);
+    its backward is one pass over the saved residual."""
+
+    @staticmethod
+    def forward(ctx, x, x_hat):
+        r = x - x_hat
+        centred = x - x.mean(0, keepdim=True)
+        total = centred.pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        ratio = r.pow(2).sum() / total
+        ctx.save_for_backward(r, total, ratio, centred if ctx.needs_input_grad[0] else None)
+        return ratio
+
+    @staticmethod
+    def backward(ctx, grad):
+        r, total, ratio, centred = ctx.saved_tensors
+        c = 2 * grad / total
+        grad_x = grad_x_hat = None
+        if ctx.needs_input_grad[1]:
+            grad_x_hat = r.mul(-c)
+        if ctx.needs_input_grad[0]:  # the total moves with x too: d total / dx = 2 (x - mean(x))
+            grad_x = (r - ratio * centred).mul_(c)
+        return grad_x, grad_x_hat
 
 
 class SparseAutoencoder(nn.Module):
@@ -114,7 +139,7 @@ class SparseAutoencoder(nn.Module):
         if self.W_dec.grad is None:
             return
         parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        self.W_dec.grad.addcmul_(parallel, self.W_dec, value=-1)
 
     @torch.no_grad()
     def project_parameters(self) -> None:

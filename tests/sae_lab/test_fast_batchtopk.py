@@ -112,7 +112,7 @@ def test_k_equals_d_sae_keeps_everything():
 
 
 def test_batch_topk_across_row_chunks(monkeypatch):
-    monkeypatch.setattr(fast_topk, "_CPU_CHUNK_ROWS", 7)  # 40 rows -> 6 chunks, the last one short
+    monkeypatch.setattr(fast_topk, "_cpu_chunk_rows", lambda n, dtype: 7)  # 40 rows -> 6 chunks, the last one short
     monkeypatch.setattr(fast_batchtopk, "CANDIDATES_PER_K", 1)
     torch.manual_seed(1)
     x = torch.randn(40, 16, dtype=torch.float64)
@@ -226,7 +226,7 @@ def test_fast_matches_dense_with_dead_latents_auxk(cls, kwargs, aux_k):
 
 @pytest.mark.parametrize("cls,kwargs", CASES[:2], ids=IDS[:2])
 def test_fast_matches_dense_across_row_chunks_and_retries(monkeypatch, cls, kwargs):
-    monkeypatch.setattr(fast_topk, "_CPU_CHUNK_ROWS", 7)
+    monkeypatch.setattr(fast_topk, "_cpu_chunk_rows", lambda n, dtype: 7)
     monkeypatch.setattr(fast_batchtopk, "CANDIDATES_PER_K", 1)
     fast, dense = _pair(cls, 16, 256, 8, **kwargs)
     _assert_same_step(fast, dense, _batch())

@@ -75,6 +75,38 @@ def test_sparse_decode_repeated_latent_in_a_row():
     assert torch.autograd.gradcheck(lambda v, W: sparse_decode(v, idx, W), (vals, W))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_dots_sampled_product_matches_the_embedding_bag_kernel(dtype):
+    # the CPU path (sampled_addmm over a CSR mask) against the kernel every other device uses,
+    # for a top-k code and a flat code with an empty row and a repeated latent
+    torch.manual_seed(0)
+    g, W = torch.randn(4, 6, dtype=dtype), torch.randn(9, 6, dtype=dtype)
+    idx = torch.randint(0, 9, (4, 3))
+    expected = (g[:, None, :] * W[idx]).sum(-1).reshape(-1)
+    torch.testing.assert_close(sparse._pair_dots(g, W, idx, None, None), expected)
+    latents, rows = torch.tensor([5, 5, 1, 8, 0]), torch.tensor([0, 0, 2, 2, 3])  # row 1 keeps nothing
+    offsets = torch.searchsorted(rows, torch.arange(4))
+    expected = (g[rows] * W[latents]).sum(-1)
+    torch.testing.assert_close(sparse._pair_dots(g, W, latents, rows, offsets), expected)
+    kernel = torch.ops.aten._embedding_bag_per_sample_weights_backward(g, W, latents, offsets, rows, 0, -1)
+    torch.testing.assert_close(kernel, expected)
+
+
+def test_encoder_scratch_block_is_not_shared_with_results(monkeypatch):
+    # the GEMM block is reused by every call: what a call returned must survive the next calls
+    monkeypatch.setattr(sparse, "_cpu_chunk_rows", lambda n, dtype: 7)
+    torch.manual_seed(0)
+    W, b = torch.randn(6, 32), torch.randn(32)
+    x1, x2 = torch.randn(20, 6), torch.randn(20, 6)
+    vals, idx = topk_encode(x1, W, b, 4)
+    kept = vals.clone(), idx.clone()
+    topk_encode(x2, W, b, 4)
+    topk_encode(x2, W[:, :10], b[:10], 3)  # a narrower call (AuxK's) reuses the same buffer
+    assert torch.equal(vals, kept[0]) and torch.equal(idx, kept[1])
+    ref_vals, ref_idx = (x1 @ W + b).topk(4, dim=1)
+    torch.testing.assert_close(vals.sort(1).values, ref_vals.relu().sort(1).values)
+
+
 def test_latent_bags_group_by_latent():
     idx = torch.tensor([[3, 0], [0, 2], [3, 3]])
     bags = LatentBags.build(idx, d_sae=5)
@@ -118,7 +150,7 @@ def test_fast_matches_dense_with_dead_latents_auxk(aux_k):
 
 
 def test_fast_matches_dense_across_row_chunks(monkeypatch):
-    monkeypatch.setattr(sparse, "_CPU_CHUNK_ROWS", 7)  # 40 rows -> 6 chunks, the last one short
+    monkeypatch.setattr(sparse, "_cpu_chunk_rows", lambda n, dtype: 7)  # 40 rows -> 6 chunks, the last one short
     fast, dense = _pair(16, 256, 8)
     _assert_same_step(fast, dense, torch.randn(40, 16, dtype=torch.float64))
 

@@ -50,3 +50,15 @@ def test_batch_fvu_loss_matches_metric():
     x = data()
     x_hat = x * 0.9
     assert abs(float(fvu(x, x_hat)) - (1 - explained_variance(x, x_hat))) < 1e-10
+
+
+def test_batch_fvu_gradients_match_autograd_of_the_formula():
+    # fvu's hand-written backward, against autograd through the plain formula (float64), for
+    # x_hat alone and for both inputs (the total variance moves with x)
+    torch.manual_seed(0)
+    x = torch.randn(9, 4, dtype=torch.float64) + 2
+    x_hat = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fvu, (x, x_hat))
+    assert torch.autograd.gradcheck(fvu, (x.clone().requires_grad_(), x_hat))
+    formula = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    torch.testing.assert_close(fvu(x, x_hat), formula, atol=1e-14, rtol=0)
