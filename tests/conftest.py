@@ -62,16 +62,13 @@ def tiny_cfg(tmp_path, cache_dir):
 
 def shrink_for_sae(shrink: list[str], overrides) -> list[str]:
     """`shrink` fitted to the architecture `overrides` choose (`sae=<name>`): no `sae.k` for one
-    without k (relu, jumprelu), and Matryoshka prefixes that end at the shrunken d_sae (64)."""
+    without k (relu, jumprelu). (Matryoshka's default prefixes are fractions of d_sae: they fit.)"""
     from sae_lab.architectures import REGISTRY
     chosen = [REGISTRY.get(o.split("=", 1)[1]) for o in overrides if o.startswith("sae=")]
     cls = chosen[-1] if chosen else None
     if cls is None:
         return list(shrink)
-    out = [o for o in shrink if not (o.startswith("sae.k=") and "k" not in cls.config_keys)]
-    if "prefixes" in cls.config_keys and not any(o.startswith("sae.prefixes=") for o in overrides):
-        out.append("sae.prefixes=[16,32,64]")
-    return out
+    return [o for o in shrink if not (o.startswith("sae.k=") and "k" not in cls.config_keys)]
 
 
 def tiny_cli_args(cache_dir: Path) -> list[str]:

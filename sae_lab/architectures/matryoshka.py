@@ -19,17 +19,24 @@ from sae_lab.architectures.base import fvu
 from sae_lab.architectures.batchtopk import BatchTopKSAE
 
 
-def prefixes_problem(prefixes, d_sae) -> str | None:
-    """What is wrong with a list of prefix sizes for a dictionary of d_sae latents, or None."""
+def resolve_prefixes(prefixes, d_sae) -> tuple[list[int] | None, str | None]:
+    """(prefix sizes in latents, None), or (None, what is wrong). An entry is a number of latents
+    (an int) or a fraction of d_sae (a float in (0, 1], rounded to the nearest latent), so that a
+    default such as [0.0625, 0.25, 1.0] holds at every dictionary size of a sweep."""
     if not isinstance(prefixes, (list, tuple)) or not prefixes:
-        return "must be a non-empty list of prefix sizes, e.g. [64, 256, 1024]"
-    if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in prefixes):
-        return "must be positive integers"
-    if any(a >= b for a, b in zip(prefixes, prefixes[1:])):
-        return "must be strictly increasing"
-    if prefixes[-1] != d_sae:
-        return f"must end at sae.d_sae={d_sae} (the whole dictionary)"
-    return None
+        return None, "must be a non-empty list of prefix sizes: latents (e.g. [64, 256, 1024]) or fractions of d_sae"
+    sizes = []
+    for m in prefixes:
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0 or (isinstance(m, float) and m > 1):
+            return None, "must be positive integers (latents) or fractions of d_sae in (0, 1]"
+        sizes.append(m if isinstance(m, int) else round(m * d_sae))
+    if any(a >= b for a, b in zip(sizes, sizes[1:])):
+        return None, f"must be strictly increasing (in latents at d_sae={d_sae}: {sizes})"
+    if sizes[0] < 1:
+        return None, f"must keep at least one latent in the first prefix (in latents at d_sae={d_sae}: {sizes})"
+    if sizes[-1] != d_sae:
+        return None, f"must end at sae.d_sae={d_sae} (the whole dictionary; 1.0 as a fraction)"
+    return sizes, None
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -38,18 +45,18 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def __init__(self, d_in: int, d_sae: int, *, prefixes, **kwargs):
         prefixes = list(prefixes)  # a ListConfig from Hydra
-        problem = prefixes_problem(prefixes, d_sae)
+        sizes, problem = resolve_prefixes(prefixes, d_sae)
         if problem:
             raise ValueError(f"sae.prefixes {problem} (got {prefixes})")
         super().__init__(d_in, d_sae, **kwargs)
-        self.prefixes = tuple(prefixes)
+        self.prefixes = tuple(sizes)  # in latents: what config() records and a rebuild gets
 
     @classmethod
     def validate_config(cls, cfg) -> None:
         super().validate_config(cfg)
         prefixes = get(cfg, "sae.prefixes")
         prefixes = list(prefixes) if prefixes is not None and not isinstance(prefixes, (str, int)) else prefixes
-        problem = prefixes_problem(prefixes, get(cfg, "sae.d_sae"))
+        _, problem = resolve_prefixes(prefixes, get(cfg, "sae.d_sae"))
         if problem:
             raise ConfigError("sae.prefixes", f"{problem} (got {prefixes})")
 

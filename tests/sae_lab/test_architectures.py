@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from labcore.paths import CONFIG_DIR, compose
 from sae_lab import sae as old_path
 from sae_lab.architectures import ARCHITECTURES, REGISTRY, build_sae, saelens_class
-from sae_lab.architectures.matryoshka import prefixes_problem
+from sae_lab.architectures.matryoshka import resolve_prefixes
 
 SHARED_KEYS = {"_target_", "architecture", "d_in", "d_sae"}
 KEYWORDS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "matryoshka": {"k": 4, "prefixes": [8, 32]},
@@ -69,13 +69,25 @@ def test_saelens_names():
 @pytest.mark.parametrize("prefixes, problem", [
     ([8, 32], None), ([32], None), ([], "non-empty"), ([8, 8, 32], "strictly increasing"),
     ([16, 8, 32], "strictly increasing"), ([8, 16], "must end at sae.d_sae=32"), ([0, 32], "positive integers"),
-    ([8.5, 32], "positive integers"), ("8,32", "non-empty list")])
+    ([8.5, 32], "positive integers"), ("8,32", "non-empty list"), ([0.25, 1], "strictly increasing"),
+    ([0.01, 1.0], "at least one latent"), ([0.25, 0.5], "must end at sae.d_sae=32")])
 def test_matryoshka_prefixes(prefixes, problem):
-    found = prefixes_problem(prefixes, 32)
+    sizes, found = resolve_prefixes(prefixes, 32)
     assert found is None if problem is None else problem in found
     if problem:
         with pytest.raises(ValueError, match="sae.prefixes"):
             build_sae("matryoshka", 8, 32, k=4, prefixes=prefixes)
+    else:
+        assert build_sae("matryoshka", 8, 32, k=4, prefixes=prefixes).prefixes == tuple(sizes)
+
+
+@pytest.mark.parametrize("d_sae, sizes", [(64, (4, 16, 64)), (128, (8, 32, 128)), (1024, (64, 256, 1024))])
+def test_matryoshka_default_prefixes_are_fractions_that_hold_at_every_d_sae(d_sae, sizes):
+    # the config's default, as fractions of d_sae, in a d_sae sweep (the HUSAI one goes down to 64)
+    cfg = compose("sae_lab", ["sae=matryoshka", f"sae.d_sae={d_sae}"])
+    REGISTRY["matryoshka"].validate_config(cfg)
+    sae = instantiate(cfg.sae)
+    assert sae.prefixes == sizes and sae.config()["prefixes"] == list(sizes)  # a rebuild gets latents
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
