@@ -64,8 +64,8 @@ def make_trainer(d_in: int, d_sae: int, k: int, x: torch.Tensor, fast: bool, dea
     """(sae, step) where step() runs one training step on x; bf16: under CPU/CUDA bf16 autocast, as
     `trainer.precision=bf16-mixed` runs it (fp32 parameters, Adam and decoder normalisation)."""
     torch.manual_seed(0)  # same init for both paths
-    # Matryoshka's nested prefixes as its config's default ([64, 256, d_sae]) at this width
-    sae = build_sae(arch, d_in, d_sae, k=k, fast=fast, prefixes=[d_sae // 16, d_sae // 4, d_sae])
+    # Matryoshka's nested prefixes: its config's default (fractions of d_sae)
+    sae = build_sae(arch, d_in, d_sae, k=k, fast=fast, prefixes=[0.0625, 0.25, 1.0])
     sae.init_b_dec(x)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=fused_adam)
     n_dead = int(dead_frac * d_sae)

@@ -257,6 +257,18 @@ OWNED_KEYS = {
 }
 
 
+def _require_k(parser, overrides) -> None:
+    """adaptive_l0 searches over sae.k: refuse an architecture without k before any stage runs."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "sae"]
+    if not chosen:
+        return
+    from sae_lab.architectures import REGISTRY  # imports torch: only when an architecture is chosen
+    if chosen[-1] in REGISTRY and "k" not in REGISTRY[chosen[-1]].config_keys:
+        with_k = ", ".join(n for n, cls in REGISTRY.items() if "k" in cls.config_keys)
+        parser.error(f"sae={chosen[-1]} has no sae.k, which adaptive_l0 searches over; "
+                     f"use an architecture with k ({with_k})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parsers = build_parsers()
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         key = o.split("=", 1)[0].lstrip("+~")
         if key in OWNED_KEYS[study]:
             parser.error(f"{key} is set by the study per stage; use {OWNED_KEYS[study][key]} instead of {o!r}")
+    if study == "adaptive_l0":
+        _require_k(parser, args.overrides)
     if study == "consistency_reg" and args.lambdas and 0 not in [float(v) for v in args.lambdas.split(",")]:
         parser.error("--lambdas must include 0: the EV drop and the gain are measured against it")
     return run_study(study, args, args.overrides)

@@ -247,3 +247,37 @@ def test_consistency_reg_study_end_to_end(tmp_path, cache_dir):
         assert "train/consistency" in (job / "logs" / "metrics.csv").read_text().splitlines()[0]
     summary = (tmp_path / "summary.md").read_text()
     assert "## Lambda sweep" in summary and "## Conclusion" in summary
+
+
+def test_adaptive_l0_refuses_an_architecture_without_k(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["adaptive_l0", "sae=jumprelu", "--study-dir", "unused"])
+    assert e.value.code == 2
+    assert "sae=jumprelu has no sae.k" in capsys.readouterr().err
+
+
+# The studies with the newer architectures: JumpReLU (thresholds, no k) through the consistency term,
+# Matryoshka (prefixes as fractions of the tiny d_sae 64) through the k search and retrain.
+@pytest.mark.slow
+def test_consistency_reg_study_with_jumprelu(tmp_path, cache_dir):
+    tiny = [o for o in TINY if not o.startswith("sae.k=")]
+    study("consistency_reg", "--study-dir", str(tmp_path), "--lambdas", "0,0.5", "--seeds", "0,1,2",
+          *tiny, f"paths.cache_dir={cache_dir}", "sae=jumprelu")
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert {c["consistency_lambda"] for c in selection["candidates"]} == {0.0, 0.5}
+    for job in [d for d in (tmp_path / "lambdas").iterdir() if d.name.isdigit()]:
+        assert json.loads((job / "sae" / "cfg.json").read_text())["architecture"] == "jumprelu"
+    assert "## Conclusion" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_adaptive_l0_study_with_matryoshka(tmp_path, cache_dir):
+    tiny = [o for o in TINY if not o.startswith("sae.k=")]
+    study("adaptive_l0", "--study-dir", str(tmp_path), "--k", "4,8", "--seeds", "0,1,2", "--retrain-seeds", "5,6,7",
+          *tiny, f"paths.cache_dir={cache_dir}", "sae=matryoshka")
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert selection["retrain"]["n_ok"] == 3
+    job = next(d for d in (tmp_path / "retrain").iterdir() if d.name.isdigit())
+    meta = json.loads((job / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["interp_lab_architecture"] == "matryoshka"
+    assert meta["interp_lab_config"]["prefixes"] == [4, 16, 64]
