@@ -58,8 +58,8 @@ class BatchTopKSAE(TopKSAE):
         if not self.training:
             z = self.encode(x)
             x_hat = self.decode(z)
-            fired = (z > 0).any(0)
-            return SAEOutput(x_hat, fvu(x, x_hat), fvu(x, x_hat), x.new_zeros(()), None, None, fired,
+            recon = fvu(x, x_hat)
+            return SAEOutput(x_hat, recon, recon, x.new_zeros(()), None, None, (z > 0).any(0),
                              (z > 0).sum(1).float().mean())
         B = x.shape[0]
         if self.fast:  # a flat (row, latent, value) code and sparse products: sae_lab.fast_batchtopk
@@ -72,17 +72,19 @@ class BatchTopKSAE(TopKSAE):
             code = torch.zeros_like(pre.flatten()).scatter(0, flat_idx, vals).view_as(pre)
             latents = flat_idx % self.d_sae
         self._update_running_threshold(vals)
-        x_hat, recon_loss = self._reconstruct(x, code)
+        x_hat, recon_loss, whole_fvu = self._reconstruct(x, code)
         aux = self._auxk(x, x_hat, pre)
         fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
         fired[latents[vals > 0]] = True
-        return SAEOutput(x_hat, recon_loss + self.aux_k_coeff * aux, fvu(x, x_hat), aux, None, None, fired,
+        return SAEOutput(x_hat, recon_loss + self.aux_k_coeff * aux, whole_fvu, aux, None, None, fired,
                          (vals > 0).sum().float() / B)
 
-    def _reconstruct(self, x: torch.Tensor, code) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_hat, reconstruction loss) of a code: dense [B, d_sae] or a fast_batchtopk.FlatCode."""
+    def _reconstruct(self, x: torch.Tensor, code) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_hat, reconstruction loss, FVU of x_hat) of a code: dense [B, d_sae] or a
+        fast_batchtopk.FlatCode. Here the loss is that FVU; Matryoshka sums its prefixes'."""
         x_hat = (code @ self.W_dec if isinstance(code, torch.Tensor) else code.decode(self.W_dec)) + self.b_dec
-        return x_hat, fvu(x, x_hat)
+        recon = fvu(x, x_hat)
+        return x_hat, recon, recon
 
     @torch.no_grad()
     def _update_running_threshold(self, kept: torch.Tensor) -> None:

@@ -60,15 +60,18 @@ class MatryoshkaSAE(BatchTopKSAE):
         if problem:
             raise ConfigError("sae.prefixes", f"{problem} (got {prefixes})")
 
-    def _reconstruct(self, x: torch.Tensor, code) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_hat of the whole dictionary, sum of the prefixes' FVUs)."""
+    def _reconstruct(self, x: torch.Tensor, code) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_hat of the whole dictionary, sum of the prefixes' FVUs, the whole dictionary's FVU:
+        the last prefix's)."""
         if isinstance(code, torch.Tensor):  # the dense reference: each prefix as defined
             recons = [code[:, :m] @ self.W_dec[:m] + self.b_dec for m in self.prefixes]
-            return recons[-1], sum(fvu(x, r) for r in recons)
+            fvus = [fvu(x, r) for r in recons]
+            return recons[-1], sum(fvus), fvus[-1]
         # the flat code: decode each band [m_{i-1}, m_i) once and accumulate
         partial, loss, start = self.b_dec, x.new_zeros(()), 0
         for stop in self.prefixes:
             partial = partial + code.band(start, stop).decode(self.W_dec)
-            loss = loss + fvu(x, partial)
+            prefix_fvu = fvu(x, partial)
+            loss = loss + prefix_fvu
             start = stop
-        return partial, loss
+        return partial, loss, prefix_fvu
