@@ -100,3 +100,21 @@ def test_encode_is_per_example_after_training_steps(name):
     sae.eval()
     x = torch.randn(20, 16)
     torch.testing.assert_close(sae.encode(x)[:3], sae.encode(x[:3]))
+
+
+@pytest.mark.parametrize("name", ["batchtopk", "matryoshka"])
+def test_calibrated_threshold_gives_k_on_average(name):
+    """The inference threshold set once training ends: on the rows it was set from, the mean L0 is k
+    exactly (continuous values, no ties); on fresh rows of the same distribution, k up to sampling
+    noise (per-row L0 std ~2 here, so the mean of 4096 rows has a standard error ~0.03)."""
+    torch.manual_seed(0)
+    sae = build_sae(name, 16, 64, **KEYWORDS[name] | ({"prefixes": [16, 64]} if name == "matryoshka" else {}))
+    sae.eval()
+    mean = torch.randn(16)
+    calib, fresh = (torch.randn(n, 16, generator=torch.Generator().manual_seed(s)) + mean
+                    for n, s in ((512, 1), (4096, 2)))
+    assert float(sae.threshold) < 0  # not yet estimated: per-example top-k until then
+    sae.calibrate_threshold(calib)
+    l0 = (sae.encode(calib) > 0).sum(1).float()
+    assert l0.mean().item() == sae.k and l0.std() > 0.5  # k on average, not k in every row
+    assert (sae.encode(fresh) > 0).sum(1).float().mean().item() == pytest.approx(sae.k, abs=0.25)

@@ -35,8 +35,13 @@ def test_job_leaves_a_complete_result(tiny_cfg, tmp_path, arch, capsys):
     sae, cfg = load_sae(out / "sae")
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post" and sae.d_sae == 64
     assert -1 < metrics["explained_variance"] <= 1
-    if arch in ("topk", "batchtopk", "matryoshka"):  # k = 4: exact per example, or on average
-        assert metrics["l0"] == pytest.approx(4, abs=1e-9 if arch == "topk" else 0.5)
+    if arch == "topk":  # k = 4 in every example
+        assert metrics["l0"] == pytest.approx(4, abs=1e-9)
+    elif arch in ("batchtopk", "matryoshka"):
+        # k = 4 on average over the training rows the threshold was calibrated on (exactly so:
+        # test_architectures); the tiny job's 27 test rows are a sample of that, with a per-row L0
+        # std ~1.9, so their mean has a standard error ~0.36 (seen: 3.48 and 3.56 on an AVX2 CPU)
+        assert metrics["n_eval"] == 27 and metrics["l0"] == pytest.approx(4, abs=1.5)
     else:
         assert 0 < metrics["l0"] < 64
     assert type(sae).architecture == arch and sae.config() == cfg["metadata"]["interp_lab_config"]
