@@ -223,3 +223,25 @@ def test_submitit_time_limit_signal_checkpoints_first_then_requeues(tmp_path, mo
     assert err.value.signum == signal.SIGUSR2
     assert SignalHandler.calls == [(signal.SIGUSR2, 8)]  # after the step that received it was saved
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_native_bf16_matmul_is_torch_s_own_dispatch_test(monkeypatch):
+    from labcore.fit import native_bf16_matmul
+    assert native_bf16_matmul("cuda")  # a device type alone; no GPU needed
+    assert native_bf16_matmul("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not native_bf16_matmul("cpu")
+
+
+@pytest.mark.parametrize("precision, cpu_has_bf16, warns", [
+    ("bf16-mixed", False, True), ("bf16-true", False, True), ("bf16-mixed", True, False), ("32-true", False, False)])
+def test_a_bf16_fit_on_a_cpu_without_bf16_kernels_is_warned_of(tmp_path, monkeypatch, recwarn,
+                                                                precision, cpu_has_bf16, warns):
+    from labcore.fit import build_trainer
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_has_bf16)
+    build_trainer(OmegaConf.create({**TRAINER, "precision": precision}), tmp_path)
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    slow = [m for m in messages if "no bf16 matrix kernels" in m]
+    assert bool(slow) == warns, messages
+    if warns:
+        assert slow[0].startswith(f"trainer.precision={precision}:") and "32-true" in slow[0]
