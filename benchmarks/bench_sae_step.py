@@ -43,6 +43,7 @@ sys.path.insert(0, REPO_ROOT)
 
 import torch  # noqa: E402
 
+from labcore.fit import native_bf16_matmul  # noqa: E402
 from sae_lab.sae import TopKSAE, build_sae  # noqa: E402
 from proc_status import reset_peak, status_kib  # noqa: E402  (benchmarks/ is on sys.path: the script's directory)
 
@@ -125,23 +126,30 @@ def time_shape(name: str, repeats: int, steps: int, dead_frac: float, fused_adam
             "dead": int(dead_frac * d_sae)}
 
 
-def time_architectures(name: str, repeats: int, steps: int, dead_frac: float, fused_adam: bool) -> dict:
+def time_architectures(name: str, repeats: int, steps: int, dead_frac: float, fused_adam: bool,
+                       bf16: bool = True) -> dict:
     """fp32 vs bf16 autocast of the TopK fast path, BatchTopK / Matryoshka fast vs dense, and the
-    encoder GEMM alone in fp32 and bf16 (what bf16 can speed up on this CPU), interleaved."""
+    encoder GEMM alone in fp32 and bf16 (what bf16 can speed up on this CPU), interleaved.
+    bf16=False leaves the bf16 variants out."""
     d_in, d_sae, k, batch = SHAPES[name]
     x = make_batch(d_in, batch)
     sae, fp32_step = make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam)
+
+    def trainer(arch: str, fast: bool = True, autocast_bf16: bool = False):
+        return make_trainer(d_in, d_sae, k, x, fast, dead_frac, fused_adam, arch=arch, bf16=autocast_bf16)[1]
+
     variants = {
         "topk fast fp32": fp32_step,
-        "topk fast bf16": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, bf16=True)[1],
-        "batchtopk fast": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="batchtopk")[1],
-        "batchtopk dense": make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam, arch="batchtopk")[1],
-        "batchtopk fast bf16": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="batchtopk", bf16=True)[1],
-        "matryoshka fast": make_trainer(d_in, d_sae, k, x, True, dead_frac, fused_adam, arch="matryoshka")[1],
-        "matryoshka dense": make_trainer(d_in, d_sae, k, x, False, dead_frac, fused_adam, arch="matryoshka")[1],
+        "batchtopk fast": trainer("batchtopk"),
+        "batchtopk dense": trainer("batchtopk", fast=False),
+        "matryoshka fast": trainer("matryoshka"),
+        "matryoshka dense": trainer("matryoshka", fast=False),
         "GEMM fp32": make_gemm(sae, x),
-        "GEMM bf16": make_gemm(sae, x, torch.bfloat16),
     }
+    if bf16:
+        variants.update({"topk fast bf16": trainer("topk", autocast_bf16=True),
+                         "batchtopk fast bf16": trainer("batchtopk", autocast_bf16=True),
+                         "GEMM bf16": make_gemm(sae, x, torch.bfloat16)})
     return {v: 1e3 * statistics.median(ts) for v, ts in interleaved(variants, repeats, steps).items()}
 
 
@@ -217,19 +225,25 @@ def main() -> None:
 
     if args.architectures:
         name = args.shapes[0]
-        ms = time_architectures(name, args.repeats, args.steps, args.dead_frac, fused)
+        bf16 = native_bf16_matmul("cpu")
+        if not bf16:  # a scalar fallback: timing it would take hours and measure nothing of ours
+            print(f"\nbf16 variants left out: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix"
+                  " kernels in torch (oneDNN needs AVX-512 or Arm bf16); bf16 products run ~1 GFLOP/s here")
+        ms = time_architectures(name, args.repeats, args.steps, args.dead_frac, fused, bf16)
         batch = SHAPES[name][3]
         print(f"\n{name}, k {SHAPES[name][2]}, batch {batch}: ms per step (tok/s)")
         for v, t in ms.items():
             print(f"  {v:>20} {t:8.1f} ms ({batch / t * 1e3:8.0f} tok/s)")
-        print(f"  bf16 / fp32 (TopK fast): {ms['topk fast fp32'] / ms['topk fast bf16']:.2f}x;"
-              f" BatchTopK fast / dense: {ms['batchtopk dense'] / ms['batchtopk fast']:.2f}x;"
-              f" BatchTopK bf16 / fp32: {ms['batchtopk fast'] / ms['batchtopk fast bf16']:.2f}x;"
-              f" Matryoshka fast / dense: {ms['matryoshka dense'] / ms['matryoshka fast']:.2f}x")
-        rest = ms["topk fast fp32"] - ms["GEMM fp32"]  # all but the encoder GEMM, at fp32
-        print(f"  the encoder GEMM alone, bf16 / fp32: {ms['GEMM fp32'] / ms['GEMM bf16']:.2f}x (what bf16 can"
-              f" speed up); the rest of the fp32 step: {rest:.1f} ms; bf16 / fp32 if only the GEMM changed:"
-              f" {ms['topk fast fp32'] / (ms['GEMM bf16'] + rest):.2f}x")
+        print(f"  BatchTopK fast / dense: {ms['batchtopk dense'] / ms['batchtopk fast']:.2f}x;"
+              f" Matryoshka fast / dense: {ms['matryoshka dense'] / ms['matryoshka fast']:.2f}x;"
+              f" TopK fast / GEMM bound: {ms['GEMM fp32'] / ms['topk fast fp32']:.0%}")
+        if bf16:
+            print(f"  bf16 / fp32 (TopK fast): {ms['topk fast fp32'] / ms['topk fast bf16']:.2f}x;"
+                  f" BatchTopK bf16 / fp32: {ms['batchtopk fast'] / ms['batchtopk fast bf16']:.2f}x")
+            rest = ms["topk fast fp32"] - ms["GEMM fp32"]  # all but the encoder GEMM, at fp32
+            print(f"  the encoder GEMM alone, bf16 / fp32: {ms['GEMM fp32'] / ms['GEMM bf16']:.2f}x (what bf16 can"
+                  f" speed up); the rest of the fp32 step: {rest:.1f} ms; bf16 / fp32 if only the GEMM changed:"
+                  f" {ms['topk fast fp32'] / (ms['GEMM bf16'] + rest):.2f}x")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
     if args.no_memory:
