@@ -215,15 +215,19 @@ def native_bf16_matmul(device: torch.device | str = "cpu") -> bool:
     return bool(torch.backends.mkldnn.is_available() and check is not None and check())
 
 
+_warned_precisions: set[str] = set()
+
+
 def warn_if_slow_precision(trainer: L.Trainer) -> None:
     """A bf16 fit on a CPU without bf16 kernels computes the right numbers 100-300x slower than
-    fp32: say so before the first step rather than let a sweep burn hours."""
+    fp32: say so (once a process) before the first step rather than let a sweep burn hours."""
     precision, device = str(trainer.precision), trainer.strategy.root_device
-    if precision.startswith("bf16") and not native_bf16_matmul(device):
+    if precision.startswith("bf16") and not native_bf16_matmul(device) and precision not in _warned_precisions:
         import warnings
+        _warned_precisions.add(precision)
         warnings.warn(f"trainer.precision={precision}: this CPU has no bf16 matrix kernels (torch's oneDNN "
                       "needs AVX-512 or Arm bf16), so bf16 products run 100-300x slower than fp32 here; "
-                      "use trainer.precision=32-true on this machine, or a GPU", RuntimeWarning, stacklevel=2)
+                      "use trainer.precision=32-true on this machine, or a GPU", RuntimeWarning, stacklevel=3)
 
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: Path, loggers: Sequence[Logger] = (),
