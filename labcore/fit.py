@@ -207,7 +207,7 @@ def native_bf16_matmul(device: torch.device | str = "cpu") -> bool:
     On a CPU torch hands bf16 products to oneDNN only where the CPU has AVX-512 (x86) or bf16
     instructions (Arm); elsewhere, AVX2-only x86 such as most laptops and AMD Zen 3 servers, they run
     in a scalar fallback at ~1 GFLOP/s: a [4096, 512] x [512, 4096] product took 31.7 s in bf16 vs
-    0.11 s in fp32 on an AMD EPYC (Zen 3) here. GPUs that torch runs on have bf16 kernels.
+    0.11 s in fp32 on an AMD EPYC (Zen 3) here. On a GPU bf16 runs in CUDA kernels (tensor cores from Ampere on).
     """
     if torch.device(device).type != "cpu":
         return True
